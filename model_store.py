@@ -1,0 +1,216 @@
+"""Converted-model format (GUIDE.md section 4): `<key>.safetensors` (fp16) + `<key>.json` manifest.
+
+Loading never unpickles: the weights are read with safetensors, after the file's SHA-256 has been
+checked against the manifest, and the architecture is built from the registry (nothing named in a
+manifest is imported or executed). Every refusal raises `ModelFileError` naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from registry import ENSEMBLE_KEY, MODEL_REGISTRY, get_spec
+
+FORMAT_VERSION = 1
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "converted_models"
+# Face-crop geometry shared by training data and inference (GUIDE.md section 3).
+DEFAULT_CROP = {"side": "mean(width, height) of the MTCNN box", "y_shift": 0.049, "canonical_size": 224}
+# A converted model larger than this is refused before hashing (no legitimate model is near it).
+MAX_WEIGHTS_BYTES = 1_000_000_000
+
+
+class ModelFileError(Exception):
+    """A converted model that cannot be used; the message names the file and the reason."""
+
+
+@dataclass
+class LoadedModel:
+    key: str
+    model: nn.Module
+    manifest: dict
+
+    @property
+    def input_size(self) -> int:
+        return int(self.manifest["input_size"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.manifest.get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.get("threshold", 0.5))
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target.
+
+    A crash at any point leaves either the old file or the new one, never a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike, *, input_size: int,
+                         arch_args: dict | None = None, temperature: float = 1.0, threshold: float = 0.5,
+                         extra: dict | None = None) -> Path:
+    """Write `<key>.safetensors` (fp16) and `<key>.json`; returns the manifest path."""
+    spec = get_spec(key)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / f"{key}.safetensors"
+    state = {name: t.detach().to("cpu", torch.float16 if t.is_floating_point() else t.dtype).contiguous()
+             for name, t in model.state_dict().items()}
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_file = Path(tmp) / "weights.safetensors"
+        save_file(state, str(tmp_file), metadata={"key": key, "format_version": str(FORMAT_VERSION)})
+        data = tmp_file.read_bytes()
+    atomic_write_bytes(weights_path, data)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "title": spec.title,
+        "architecture": {"name": key, "args": dict(arch_args or {})},
+        "input_size": int(input_size),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "crop": DEFAULT_CROP,
+        "temperature": float(temperature),
+        "threshold": float(threshold),
+        "weights_file": weights_path.name,
+        "weights_dtype": "float16",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        **(extra or {}),
+    }
+    manifest_path = out_dir / f"{key}.json"
+    atomic_write_json(manifest_path, manifest)
+    return manifest_path
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: manifest not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ModelFileError(f"{path}: manifest must be a JSON object")
+    return manifest
+
+
+def _validated_manifest(manifest_path: Path) -> dict:
+    manifest = read_manifest(manifest_path)
+    arch = manifest.get("architecture")
+    name = arch.get("name") if isinstance(arch, dict) else None
+    if name not in MODEL_REGISTRY:
+        raise ModelFileError(f"{manifest_path}: unknown architecture {name!r} "
+                             f"(known: {', '.join(MODEL_REGISTRY)})")
+    args = arch.get("args", {})
+    if not isinstance(args, dict) or not all(isinstance(v, (int, float, str, bool)) for v in args.values()):
+        raise ModelFileError(f"{manifest_path}: architecture args must be a flat object of numbers/strings")
+    size = manifest.get("input_size")
+    if not isinstance(size, int) or not 32 <= size <= 1024:
+        raise ModelFileError(f"{manifest_path}: input_size must be an integer in [32, 1024], got {size!r}")
+    temp = manifest.get("temperature", 1.0)
+    if not isinstance(temp, (int, float)) or not 0.01 <= temp <= 100:
+        raise ModelFileError(f"{manifest_path}: temperature must be a number in [0.01, 100]")
+    weights_file = manifest.get("weights_file", "")
+    if not isinstance(weights_file, str) or Path(weights_file).name != weights_file or not weights_file:
+        raise ModelFileError(f"{manifest_path}: weights_file must be a plain file name in the same folder")
+    if not weights_file.endswith(".safetensors"):
+        raise ModelFileError(f"{manifest_path}: only .safetensors weights are loaded, not {weights_file!r}")
+    if not isinstance(manifest.get("sha256"), str) or len(manifest["sha256"]) != 64:
+        raise ModelFileError(f"{manifest_path}: manifest has no valid sha256")
+    return manifest
+
+
+def load_converted_model(manifest_path: str | os.PathLike) -> LoadedModel:
+    """Verify and load one converted model; raises ModelFileError with a message naming the file."""
+    manifest_path = Path(manifest_path)
+    manifest = _validated_manifest(manifest_path)
+    weights_path = manifest_path.parent / manifest["weights_file"]
+    if not weights_path.is_file():
+        raise ModelFileError(f"{weights_path}: weights file missing")
+    if weights_path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise ModelFileError(f"{weights_path}: larger than {MAX_WEIGHTS_BYTES} bytes, refused")
+    actual = sha256_of(weights_path)
+    if actual != manifest["sha256"]:
+        raise ModelFileError(f"{weights_path}: SHA-256 mismatch (manifest {manifest['sha256'][:12]}..., "
+                             f"file {actual[:12]}...): the file was modified or is incomplete")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{weights_path}: not a valid safetensors file ({exc})") from None
+    spec = get_spec(manifest["architecture"]["name"])
+    try:
+        model = spec.build(manifest["input_size"], pretrained=False, **manifest["architecture"].get("args", {}))
+    except TypeError as exc:
+        raise ModelFileError(f"{manifest_path}: architecture args rejected ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"wrong shapes {wrong[:3]}" if wrong else "") if part)
+        raise ModelFileError(f"{weights_path}: weights do not fit architecture {spec.key!r} ({detail})")
+    state = {k: (v.to(expected[k].dtype)) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return LoadedModel(key=manifest["key"] if manifest.get("key") in MODEL_REGISTRY else spec.key,
+                       model=model, manifest=manifest)
+
+
+def discover_manifests(models_dir: str | os.PathLike = DEFAULT_MODELS_DIR) -> dict[str, Path]:
+    """Model key -> manifest path for every registered model with a manifest in the folder."""
+    models_dir = Path(models_dir)
+    return {key: models_dir / f"{key}.json" for key in MODEL_REGISTRY if (models_dir / f"{key}.json").exists()}
+
+
+def load_ensemble_manifest(models_dir: str | os.PathLike = DEFAULT_MODELS_DIR) -> dict | None:
+    path = Path(models_dir) / f"{ENSEMBLE_KEY}.json"
+    if not path.exists():
+        return None
+    manifest = read_manifest(path)
+    weights = manifest.get("weights")
+    if not isinstance(weights, dict) or not all(
+            k in MODEL_REGISTRY and isinstance(v, (int, float)) for k, v in weights.items()):
+        raise ModelFileError(f"{path}: 'weights' must map model keys to numbers")
+    return manifest

@@ -1,0 +1,276 @@
+"""Plain analysis functions shared by the CLI, the app, the benchmark and the tests.
+
+    analyze_image / analyze_video -> Analysis (faces, crops, per-model calibrated logits)
+    build_report(analysis, engine, threshold, models) -> the JSON-ready verdict (predict.py --json schema)
+
+The expensive part (decode, find faces, run the models) happens once in `analyze_*`; moving the
+threshold or switching models only re-runs `build_report`, which is cheap and pure.
+
+Aggregation (also in README): a face's score is the ensemble's P(fake). An image's score is its most
+suspicious face's. In a video, faces are tracked across frames; each track (person) scores the mean
+of its faces' scores, and the video scores its most suspicious person (among tracks seen in at least
+a fifth of the frames with faces, so a one-frame false detection cannot decide a video).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from faces import CANONICAL_CROP_SIZE, Face, crop_face, get_face_detector
+from media import MAX_VIDEO_FRAMES_ANALYSED, MediaError, load_image
+from scoring import ScoringEngine, sigmoid, verdict
+from video_processor import ProgressFn, assign_tracks, iter_frames, probe_video, sample_frame_indices
+
+VIDEO_DETECTION_MAX_SIDE = 640   # video frames are searched for faces at this size (see README, perf)
+DETECTION_CHUNK = 16             # frames decoded and searched per batch (bounds memory)
+MIN_TRACK_SHARE = 0.2
+
+
+@dataclass
+class FaceRecord:
+    face: Face
+    crop: np.ndarray                       # canonical 224 px crop (uint8 RGB)
+    logits: dict[str, float] = field(default_factory=dict)  # calibrated, per model
+    track: int = 0
+
+    @property
+    def frame(self) -> int:
+        return self.face.frame
+
+
+@dataclass
+class Analysis:
+    input: str
+    kind: str                               # "image" | "video"
+    faces: list[FaceRecord]
+    frames_analyzed: int
+    frame_indices: list[int]
+    frames_failed: list[int] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    fps: float | None = None
+    frame_count: int | None = None
+    image: np.ndarray | None = None         # the decoded image (image mode only)
+    models: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def frames_with_faces(self) -> int:
+        return len({f.frame for f in self.faces})
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, progress: ProgressFn) -> list[str]:
+    keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
+    crops = [r.crop for r in records]
+    for n, key in enumerate(keys):
+        progress(f"scoring faces with {key}", n, len(keys))
+        if crops:
+            logits = engine.model_logits(key, crops)
+            for r, z in zip(records, logits):
+                r.logits[key] = float(z)
+    progress("scoring faces", len(keys), len(keys))
+    return keys
+
+
+def analyze_image(source, engine: ScoringEngine, name: str | None = None, models=None,
+                  progress: ProgressFn = _no_progress) -> Analysis:
+    """Find and score every face in one image (path or bytes)."""
+    engine.require_models()
+    t0 = time.perf_counter()
+    label = name or (source if isinstance(source, str) else "upload")
+    image = load_image(source, name=label)
+    t1 = time.perf_counter()
+    progress("finding faces", 0, 1)
+    faces = get_face_detector().detect([image])[0]
+    t2 = time.perf_counter()
+    records = [FaceRecord(face=f, crop=crop_face(image, f.box, CANONICAL_CROP_SIZE), track=i)
+               for i, f in enumerate(faces)]
+    keys = _score_records(records, engine, models, progress)
+    t3 = time.perf_counter()
+    return Analysis(input=str(label), kind="image", faces=records, frames_analyzed=1, frame_indices=[0],
+                    width=image.shape[1], height=image.shape[0], image=image, models=keys,
+                    timings={"decode_s": t1 - t0, "faces_s": t2 - t1, "models_s": t3 - t2})
+
+
+def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
+                  progress: ProgressFn = _no_progress, name: str | None = None,
+                  detection_max_side: int = VIDEO_DETECTION_MAX_SIDE) -> Analysis:
+    """Sample `num_frames` evenly, decode only those, find faces in batches, track, score in batches."""
+    engine.require_models()
+    num_frames = int(min(max(num_frames, 1), MAX_VIDEO_FRAMES_ANALYSED))
+    t0 = time.perf_counter()
+    progress("reading video", 0, 1)
+    info = probe_video(path)
+    indices = sample_frame_indices(info.frame_count, num_frames)
+    detector = get_face_detector()
+    records: list[FaceRecord] = []
+    failed: list[int] = []
+    decoded = 0
+    faces_per_frame: list[list[Face]] = []
+    chunk: list[tuple[int, np.ndarray]] = []
+    t_detect = 0.0
+
+    def flush():
+        nonlocal t_detect
+        if not chunk:
+            return
+        ts = time.perf_counter()
+        found = detector.detect([f for _, f in chunk], frame_indices=[i for i, _ in chunk],
+                                max_side=detection_max_side)
+        t_detect += time.perf_counter() - ts
+        for (index, frame), faces in zip(chunk, found):
+            faces_per_frame.append(faces)
+            records.extend(FaceRecord(face=f, crop=crop_face(frame, f.box)) for f in faces)
+        chunk.clear()
+
+    for index, frame in iter_frames(path, indices):
+        if frame is None:
+            failed.append(index)
+            continue
+        decoded += 1
+        chunk.append((index, frame))
+        if len(chunk) >= DETECTION_CHUNK:
+            flush()
+        progress("decoding frames and finding faces", decoded + len(failed), len(indices))
+    flush()
+    if decoded == 0:
+        raise MediaError(f"{name or path}: none of the {len(indices)} sampled frames could be decoded")
+    t1 = time.perf_counter()
+    # Tracks: per analysed frame (with or without faces), the boxes in order of records.
+    track_ids = assign_tracks([[f.box for f in faces] for faces in faces_per_frame])
+    flat = [tid for ids in track_ids for tid in ids]
+    for r, tid in zip(records, flat):
+        r.track = tid
+    keys = _score_records(records, engine, models, progress)
+    t2 = time.perf_counter()
+    notes = []
+    if failed:
+        notes.append(f"{len(failed)} of {len(indices)} sampled frames could not be decoded "
+                     f"(the header may overstate the frame count)")
+    return Analysis(input=str(name or path), kind="video", faces=records, frames_analyzed=decoded,
+                    frame_indices=[i for i in indices if i not in set(failed)], frames_failed=failed,
+                    width=info.width, height=info.height, fps=info.fps or None, frame_count=info.frame_count,
+                    models=keys, notes=notes,
+                    timings={"decode_and_faces_s": t1 - t0, "faces_s": t_detect, "models_s": t2 - t1})
+
+
+def analyze_path(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
+                 progress: ProgressFn = _no_progress, name: str | None = None) -> Analysis:
+    from media import kind_of
+
+    if not os.path.exists(path):
+        raise MediaError(f"{name or path}: no such file")
+    if os.path.isdir(path):
+        raise MediaError(f"{name or path}: is a folder, not a file")
+    if kind_of(name or path) == "video":
+        return analyze_video(path, engine, num_frames, models, progress, name=name)
+    return analyze_image(path, engine, name=name, models=models, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------------
+def _round(x: float | None, nd: int = 4):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
+
+
+def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | None = None,
+                 models=None) -> dict:
+    """The verdict for `analysis` at `threshold` with the chosen models (pure, cheap: no model runs)."""
+    threshold = engine.default_threshold if threshold is None else float(threshold)
+    keys = [k for k in (models or analysis.models) if k in analysis.models]
+    faces_out, per_face_ens, per_face_models = [], [], []
+    for r in analysis.faces:
+        logits = {k: np.array([r.logits[k]]) for k in keys if k in r.logits}
+        ens = float(engine.combine(logits, keys)[0]) if logits else math.nan
+        probs = {k: float(sigmoid(r.logits[k])) for k in keys if k in r.logits}
+        per_face_ens.append(ens)
+        per_face_models.append(probs)
+        faces_out.append({**r.face.to_dict(), "track": r.track, "fake_probability": _round(ens),
+                          "verdict": verdict(ens, threshold),
+                          "models": {k: _round(v) for k, v in probs.items()}})
+
+    def aggregate(scores: list[float]) -> float | None:
+        if not scores:
+            return None
+        if analysis.kind == "image":
+            return max(scores)
+        by_track: dict[int, list[float]] = {}
+        for r, s in zip(analysis.faces, scores):
+            by_track.setdefault(r.track, []).append(s)
+        min_len = max(1, math.ceil(MIN_TRACK_SHARE * analysis.frames_with_faces))
+        means = [float(np.mean(v)) for v in by_track.values() if len(v) >= min_len] or \
+                [float(np.mean(v)) for v in by_track.values()]
+        return max(means)
+
+    fake_probability = aggregate(per_face_ens) if analysis.faces and keys else None
+    model_scores = {k: _round(aggregate([p[k] for p in per_face_models])) for k in keys} if analysis.faces else {}
+    report = {
+        "input": analysis.input,
+        "kind": analysis.kind,
+        "verdict": verdict(fake_probability, threshold) if fake_probability is not None else "NO_FACE",
+        "fake_probability": _round(fake_probability),
+        "threshold": threshold,
+        "models": model_scores,
+        "models_used": keys,
+        "frames_analyzed": analysis.frames_analyzed,
+        "frames_with_faces": analysis.frames_with_faces,
+        "faces": faces_out,
+        "width": analysis.width,
+        "height": analysis.height,
+        "notes": list(analysis.notes),
+    }
+    if analysis.kind == "video":
+        report.update(fps=_round(analysis.fps, 3), frame_count=analysis.frame_count,
+                      frames_failed=analysis.frames_failed, persons=person_summaries(analysis, faces_out, threshold),
+                      statistics=frame_statistics(analysis, faces_out, threshold))
+    return report
+
+
+def person_summaries(analysis: Analysis, faces_out: list[dict], threshold: float) -> list[dict]:
+    tracks: dict[int, list[dict]] = {}
+    for f in faces_out:
+        tracks.setdefault(f["track"], []).append(f)
+    out = []
+    for tid, faces in sorted(tracks.items()):
+        scores = [f["fake_probability"] for f in faces if f["fake_probability"] is not None]
+        mean = float(np.mean(scores)) if scores else None
+        out.append({"person": tid + 1, "frames": len(faces), "first_frame": faces[0]["frame"],
+                    "fake_probability": _round(mean), "verdict": verdict(mean, threshold) if mean is not None else "NO_FACE"})
+    return out
+
+
+def frame_table(analysis: Analysis, faces_out: list[dict]) -> list[dict]:
+    """One row per analysed frame: the most suspicious face's ensemble and per-model scores."""
+    by_frame: dict[int, list[dict]] = {}
+    for f in faces_out:
+        by_frame.setdefault(f["frame"], []).append(f)
+    rows = []
+    for index in analysis.frame_indices:
+        faces = by_frame.get(index, [])
+        top = max(faces, key=lambda f: f["fake_probability"] or 0.0) if faces else None
+        row = {"frame": index, "time_s": _round(index / analysis.fps, 3) if analysis.fps else None,
+               "faces": len(faces), "ensemble": top["fake_probability"] if top else None}
+        for k in analysis.models:
+            row[k] = top["models"].get(k) if top else None
+        rows.append(row)
+    return rows
+
+
+def frame_statistics(analysis: Analysis, faces_out: list[dict], threshold: float) -> dict:
+    rows = frame_table(analysis, faces_out)
+    scores = np.array([r["ensemble"] for r in rows if r["ensemble"] is not None], dtype=np.float64)
+    if scores.size == 0:
+        return {"frames_without_face": len(rows), "mean": None, "median": None, "std": None,
+                "min": None, "max": None, "share_fake": None}
+    return {"frames_without_face": sum(r["ensemble"] is None for r in rows),
+            "mean": _round(scores.mean()), "median": _round(np.median(scores)), "std": _round(scores.std()),
+            "min": _round(scores.min()), "max": _round(scores.max()),
+            "share_fake": _round(float(np.mean(scores >= threshold)))}

@@ -1,0 +1,125 @@
+"""One registry describing every detector, in the manner of timm's model registry.
+
+A model is one `ModelSpec`: how to build it, its default input size and normalisation, which layers
+the app shows as feature maps, and which layer Grad-CAM explains. Training, conversion, scoring,
+the CLI and the app all read this table, so a sixth model is one `register(...)` call plus a
+ten-line `train_<key>.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+import architectures
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    title: str
+    build_fn: Callable[..., nn.Module]
+    default_input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Named modules whose outputs the app shows as feature maps (CNN stages); empty for none.
+    feature_layers: tuple[str, ...] = ()
+    # Module Grad-CAM differentiates; its output must be (B, C, H, W) or, with cam_channels_last,
+    # (B, H, W, C).
+    cam_layer: str = ""
+    cam_channels_last: bool = False
+    # Parameter-name prefix of an ImageNet-pretrained trunk (gets a lower learning rate).
+    trunk_prefix: str | None = None
+    description: str = ""
+    default_arch_args: dict = field(default_factory=dict)
+
+    def build(self, input_size: int | None = None, pretrained: bool = False, **arch_args) -> nn.Module:
+        args = {**self.default_arch_args, **arch_args}
+        return self.build_fn(input_size or self.default_input_size, pretrained, **args)
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.key in MODEL_REGISTRY:
+        raise ValueError(f"model key {spec.key!r} registered twice")
+    MODEL_REGISTRY[spec.key] = spec
+    return spec
+
+
+def get_spec(key: str) -> ModelSpec:
+    try:
+        return MODEL_REGISTRY[key]
+    except KeyError:
+        raise KeyError(f"unknown model {key!r}; known: {', '.join(MODEL_KEYS)}") from None
+
+
+def _timm(name: str, **fixed):
+    def build(input_size: int, pretrained: bool, **kwargs) -> nn.Module:
+        import timm  # imported lazily: timm takes a second to import
+
+        return timm.create_model(name, pretrained=pretrained, num_classes=1, **fixed, **kwargs)
+    return build
+
+
+def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwargs) -> nn.Module:
+    import timm
+
+    name = {"tiny": "swin_tiny_patch4_window7_224", "base": "swin_base_patch4_window7_224"}[variant]
+    # Swin's windows must tile the last stage's grid (input/32): 7 at 224, the largest divisor <= 7
+    # otherwise (e.g. 4 at 128, 5 at 160).
+    last_grid = input_size // 32
+    window = kwargs.pop("window_size", None) or max(w for w in range(1, 8) if last_grid % w == 0)
+    return timm.create_model(name, pretrained=pretrained, num_classes=1, img_size=input_size,
+                             window_size=window, **kwargs)
+
+
+def _build_cross_attention(input_size: int, pretrained: bool, **kwargs) -> nn.Module:
+    return architectures.CrossAttentionNet(img_size=input_size, pretrained_trunk=pretrained, **kwargs)
+
+
+def _build_cnn_transformer(input_size: int, pretrained: bool, **kwargs) -> nn.Module:
+    return architectures.CNNTransformer(img_size=input_size, pretrained_trunk=pretrained, **kwargs)
+
+
+register(ModelSpec(
+    key="xception", title="Xception", build_fn=_timm("legacy_xception"), default_input_size=299,
+    mean=HALF_MEAN, std=HALF_STD, feature_layers=("block2", "block7", "block12"), cam_layer="act4",
+    description="Chollet's Xception as used in FaceForensics++ (timm legacy_xception)."))
+register(ModelSpec(
+    key="efficientnet", title="EfficientNet-B3", build_fn=_timm("efficientnet_b3"), default_input_size=300,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("blocks.1", "blocks.3", "blocks.5"),
+    cam_layer="bn2", description="EfficientNet-B3 (timm efficientnet_b3)."))
+register(ModelSpec(
+    key="swin", title="Swin Transformer", build_fn=_build_swin, default_input_size=224,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,
+    description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B)."))
+register(ModelSpec(
+    key="cross_attention", title="Cross-Attention", build_fn=_build_cross_attention, default_input_size=224,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage16.13"),
+    cam_layer="trunk.stage16", trunk_prefix="trunk.",
+    description="Two-scale cross-attention network on a MobileNetV2 trunk (stride 16 and 32 streams)."))
+register(ModelSpec(
+    key="cnn_transformer", title="CNN-Transformer", build_fn=_build_cnn_transformer, default_input_size=224,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage32.4"),
+    cam_layer="trunk.stage32", trunk_prefix="trunk.",
+    description="MobileNetV2 trunk + 4-layer pre-norm transformer encoder (8 heads) on its stride-32 grid."))
+
+MODEL_KEYS: tuple[str, ...] = tuple(MODEL_REGISTRY)
+ENSEMBLE_KEY = "ensemble"
+
+
+def normalise(batch_uint8_nhwc: torch.Tensor, spec_mean, spec_std) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) normalised with a model's mean/std."""
+    x = batch_uint8_nhwc.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec_mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(spec_std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std

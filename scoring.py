@@ -1,0 +1,199 @@
+"""Scoring engine: face crops in, each model's calibrated P(fake) and the ensemble's out.
+
+Models are loaded once from `converted_models/` (verified, see model_store). Crops are scored in
+batches per model, never one face at a time. P(fake) = sigmoid(logit / T) with the temperature T
+fitted on the validation split. The ensemble combines the calibrated logits with weights learned on
+the validation split (converted_models/ensemble.json); without that file, or when some members are
+switched off, it falls back to the weighted mean of the members that are on.
+
+The engine is safe to share between threads (Streamlit sessions): models are only read, and each
+model's forward pass holds that model's lock.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from model_store import (DEFAULT_MODELS_DIR, LoadedModel, ModelFileError, discover_manifests,
+                         load_converted_model, load_ensemble_manifest)
+from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
+
+log = logging.getLogger("scoring")
+
+DEFAULT_THRESHOLD = 0.5
+MAX_BATCH = 32
+
+
+class NoModelsError(RuntimeError):
+    pass
+
+
+def no_models_message(models_dir) -> str:
+    return (f"no detector models are installed in {models_dir}. The repository ships them in "
+            f"converted_models/ (restore with `git checkout -- converted_models`), or train and convert "
+            f"your own: see README, 'Training'.")
+
+
+@dataclass
+class ModelStatus:
+    key: str
+    title: str
+    state: str                 # "loaded", "missing" or "error"
+    message: str = ""
+    input_size: int | None = None
+    test_auc: float | None = None
+    num_parameters: int | None = None
+
+
+@dataclass
+class ScoreResult:
+    """Scores of N faces: per-model calibrated logits/probabilities and the ensemble's."""
+    model_logits: dict[str, np.ndarray]
+    model_probabilities: dict[str, np.ndarray]
+    ensemble_probability: np.ndarray
+    models_used: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ensemble_probability)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def prepare_batch(crops: list[np.ndarray], size: int, mean, std) -> torch.Tensor:
+    """uint8 RGB crops -> normalised float (N, 3, size, size), resized as in training (antialiased)."""
+    resized = [c if c.shape[0] == size and c.shape[1] == size else
+               cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA if c.shape[0] > size else cv2.INTER_LINEAR)
+               for c in crops]
+    x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+
+
+class TorchRunner:
+    """Eager PyTorch forward in channels_last (1.3-1.7x faster on this CPU for the CNNs)."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.model = loaded.model.to(memory_format=torch.channels_last)
+        self.lock = threading.Lock()
+
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        with self.lock, torch.inference_mode():
+            return self.model(batch).float().reshape(-1).numpy()
+
+
+class ScoringEngine:
+    def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto"):
+        self.models_dir = Path(models_dir)
+        self.status: dict[str, ModelStatus] = {}
+        self.models: dict[str, LoadedModel] = {}
+        self.runners: dict = {}
+        self.runtime = runtime
+        manifests = discover_manifests(self.models_dir)
+        for key in (keys or MODEL_KEYS):
+            spec = get_spec(key)
+            if key not in manifests:
+                self.status[key] = ModelStatus(key, spec.title, "missing", f"{self.models_dir / (key + '.json')} not found")
+                continue
+            try:
+                loaded = load_converted_model(manifests[key])
+            except ModelFileError as exc:
+                log.warning("%s", exc)
+                self.status[key] = ModelStatus(key, spec.title, "error", str(exc))
+                continue
+            self.models[key] = loaded
+            self.runners[key] = self._runner_for(loaded)
+            test = (loaded.manifest.get("metrics") or {}).get("test") or {}
+            self.status[key] = ModelStatus(key, spec.title, "loaded", "", loaded.input_size,
+                                           test.get("auc"), loaded.manifest.get("num_parameters"))
+        try:
+            self.ensemble_manifest = load_ensemble_manifest(self.models_dir)
+        except ModelFileError as exc:
+            log.warning("%s (falling back to equal weights)", exc)
+            self.ensemble_manifest = None
+
+    def _runner_for(self, loaded: LoadedModel):
+        if self.runtime in ("auto", "onnx"):
+            try:
+                from fast_runtime import OnnxRunner  # optional faster CPU path
+                return OnnxRunner(loaded)
+            except Exception as exc:  # noqa: BLE001 - any ONNX problem falls back to torch
+                if self.runtime == "onnx":
+                    raise
+                log.info("ONNX runtime unavailable for %s (%s); using torch", loaded.key, exc)
+        return TorchRunner(loaded)
+
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def loaded_keys(self) -> list[str]:
+        return [k for k in MODEL_KEYS if k in self.models]
+
+    @property
+    def default_threshold(self) -> float:
+        if self.ensemble_manifest and isinstance(self.ensemble_manifest.get("threshold"), (int, float)):
+            return float(self.ensemble_manifest["threshold"])
+        return DEFAULT_THRESHOLD
+
+    def require_models(self) -> None:
+        if not self.models:
+            raise NoModelsError(no_models_message(self.models_dir))
+
+    def model_logits(self, key: str, crops: list[np.ndarray]) -> np.ndarray:
+        """Temperature-calibrated logits of one model for all crops, in batches of MAX_BATCH."""
+        loaded = self.models[key]
+        out = []
+        for start in range(0, len(crops), MAX_BATCH):
+            batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size,
+                                  loaded.manifest["mean"], loaded.manifest["std"])
+            out.append(self.runners[key].logits(batch))
+        raw = np.concatenate(out) if out else np.zeros(0, np.float32)
+        return raw.astype(np.float64) / loaded.temperature
+
+    def score_crops(self, crops: list[np.ndarray], models=None) -> ScoreResult:
+        """Score face crops (uint8 RGB squares) with the chosen (default: all loaded) models."""
+        self.require_models()
+        keys = [k for k in (models or self.loaded_keys) if k in self.models]
+        if not keys:
+            raise NoModelsError("none of the chosen models is installed: " + ", ".join(models or []))
+        logits = {k: self.model_logits(k, crops) for k in keys}
+        return ScoreResult(model_logits=logits, model_probabilities={k: sigmoid(v) for k, v in logits.items()},
+                           ensemble_probability=self.combine(logits), models_used=keys)
+
+    def ensemble_weights(self, keys) -> tuple[dict[str, float], float]:
+        """Weights and bias over `keys`; weights learnt on val are rescaled when members are off."""
+        manifest = self.ensemble_manifest
+        if manifest:
+            learnt = {k: max(float(manifest["weights"].get(k, 0.0)), 0.0) for k in keys}
+            total_all = sum(max(float(v), 0.0) for v in manifest["weights"].values())
+            total = sum(learnt.values())
+            if total > 0:
+                scale = total_all / total  # keep the ensemble's overall logit scale
+                return {k: w * scale for k, w in learnt.items()}, float(manifest.get("bias", 0.0))
+        return {k: 1.0 / len(keys) for k in keys}, 0.0
+
+    def combine(self, logits: dict[str, np.ndarray], keys=None) -> np.ndarray:
+        """Ensemble P(fake) from calibrated per-model logits (a pure function of its inputs)."""
+        keys = [k for k in (keys or list(logits)) if k in logits]
+        if not keys:
+            return np.zeros(0)
+        weights, bias = self.ensemble_weights(keys)
+        z = bias + sum(weights[k] * np.asarray(logits[k], dtype=np.float64) for k in keys)
+        return sigmoid(z)
+
+
+def verdict(probability: float | None, threshold: float) -> str:
+    if probability is None or (isinstance(probability, float) and math.isnan(probability)):
+        return "NO_FACE"
+    return "FAKE" if probability >= threshold else "REAL"
+
+
+__all__ = ["ScoringEngine", "ScoreResult", "ModelStatus", "NoModelsError", "verdict", "ENSEMBLE_KEY"]
