@@ -109,7 +109,7 @@ register(ModelSpec(
     description="Two-scale cross-attention network on a MobileNetV2 trunk (stride 16 and 32 streams)."))
 register(ModelSpec(
     key="cnn_transformer", title="CNN-Transformer", build_fn=_build_cnn_transformer, default_input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage32.4"),
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage32.17"),
     cam_layer="trunk.stage32", trunk_prefix="trunk.",
     description="MobileNetV2 trunk + 4-layer pre-norm transformer encoder (8 heads) on its stride-32 grid."))
 

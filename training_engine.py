@@ -81,6 +81,9 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"))
     p.add_argument("--experiment", default="deepfake-studio")
     p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument("--log-samples", action="store_true",
+                   help="each rank records the sample indices it trained on and its final weights' digest "
+                        "(to check data sharding and weight sync under torchrun)")
     p.add_argument("--arch-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="architecture argument, e.g. variant=base for Swin-B")
     p.set_defaults(model=model_key)
@@ -255,6 +258,9 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         self.net.train()
         loader = self._train_loader(epoch)
+        if self.args.log_samples:
+            atomic_write_json(self.out_dir / f"samples-rank{self.rank}-epoch{epoch + 1}.json",
+                              {"rank": self.rank, "indices": [int(i) for i in loader.sampler]})
         total, count, correct = 0.0, 0, 0
         start = time.time()
         for step, (images, labels, teacher) in enumerate(loader):
@@ -278,6 +284,11 @@ class Trainer:
             if self.is_main and (step + 1) % 50 == 0:
                 log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch + 1, step + 1, len(loader),
                          total / count, count * self.world / (time.time() - start))
+        if self.distributed:
+            # DDP keeps parameters in sync but each rank's last forward updated its own BatchNorm
+            # statistics: take rank 0's so every rank validates and saves the same model.
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
         return {"train_loss": total / max(count, 1), "train_accuracy": correct / max(count, 1),
                 "train_images_per_s": count * self.world / max(time.time() - start, 1e-9)}
 
@@ -372,6 +383,9 @@ class Trainer:
         best_val = None
         stop_reason = "epochs done"
         for epoch in range(start_epoch, a.epochs):
+            if a.time_budget and time.time() - started >= a.time_budget * 60:
+                stop_reason = f"time budget of {a.time_budget} min reached"
+                break
             epoch_start = time.time()
             metrics = self._train_epoch(epoch)
             metrics.update(self._validate())
@@ -415,12 +429,18 @@ class Trainer:
                 stop_reason = f"time budget of {a.time_budget} min reached"
                 break
         summary = {"model": a.model, "best_val_auc": best_auc, "epochs_run": len(history),
-                   "stop_reason": stop_reason, "elapsed_s": round(time.time() - started, 1),
+                   "stop_reason": stop_reason, "mlflow_run_id": self.mlflow_run, "elapsed_s": round(time.time() - started, 1),
                    "history": history, "checkpoint": str(best_path), "config": self._config()}
         if self.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
             log.info("done (%s); best val AUC %.4f; checkpoint %s", stop_reason, best_auc, best_path)
             self._mlflow_finish(best_val)
+        if self.args.log_samples:
+            import hashlib
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+            atomic_write_json(self.out_dir / f"weights-rank{self.rank}.json", {"sha256": digest.hexdigest()})
         if self.distributed:
             dist.barrier()
             dist.destroy_process_group()

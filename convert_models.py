@@ -1,0 +1,183 @@
+"""Turn training checkpoints into installed models (GUIDE.md section 4).
+
+    python convert_models.py --checkpoint runs/swin/best.pt --data-dir ../shared/datasets/dfdc-faces
+    python convert_models.py --checkpoint runs/*/best.pt --data-dir ../shared/datasets/dfdc-faces \
+        --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
+
+For each checkpoint: write `<key>.safetensors` (fp16) + `<key>.json`, fit the temperature on the
+validation split (with the fp16 weights that ship), and record test-split metrics, the cross-dataset
+metrics and the commands that reproduce them. With --ensemble, fit the ensemble's weights by logistic
+regression on the members' calibrated validation logits and write `ensemble.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.linear_model import LogisticRegression
+
+import data_handler
+from evaluate import score_face_crops
+from metrics import binary_metrics
+from model_store import DEFAULT_MODELS_DIR, atomic_write_json, read_manifest, save_converted_model
+from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
+from scoring import ScoringEngine, sigmoid
+from training_engine import load_checkpoint
+
+log = logging.getLogger("convert")
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature T minimising the validation NLL of sigmoid(logit / T)."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0, z) - labels * z))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def _split_paths(data_dir: str, split: str):
+    records = data_handler.load_records(data_dir)
+    rows = records[records["split"] == split]
+    return rows["path"].tolist(), rows["label"].to_numpy()
+
+
+def _calibrated_logits(models_dir: Path, key: str, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    engine = ScoringEngine(models_dir, keys=[key], runtime="torch")
+    logits, kept = score_face_crops(engine, paths, [key], progress=False)
+    return logits[key], kept
+
+
+def _metric_cmd(data_dir: str, split: str) -> str:
+    return f"python evaluate.py --data-dir {data_dir} --split {split} --json"
+
+
+def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data: str | None) -> dict:
+    ckpt = load_checkpoint(Path(checkpoint))
+    config = json.loads(ckpt["config"])
+    key = config["model"]
+    spec = get_spec(key)
+    model = spec.build(config["input_size"], pretrained=False, **config.get("arch_args", {}))
+    model.load_state_dict(ckpt["model"])
+    history = json.loads(ckpt["history"])
+    training = {
+        "dataset": config.get("dataset"), "data_dir": config.get("data_dir"), "split": "train",
+        "n_train": config.get("n_train"), "n_val": config.get("n_val"),
+        "epochs": len(history), "samples_per_epoch": None, "best_epoch": int(ckpt["epoch"]) + 1,
+        "train_time_s": round(float(ckpt.get("elapsed_s", 0.0)), 1),
+        "best_val_auc_during_training": float(ckpt["best_auc"]),
+        "pretrained_trunk": bool(config.get("pretrained")) and spec.trunk_prefix is not None,
+        "sbi": config.get("sbi"), "distilled_from": config.get("teacher"),
+        "command": config.get("command"), "history": history,
+    }
+    save_converted_model(model, key, out_dir, input_size=config["input_size"],
+                         arch_args=config.get("arch_args", {}), temperature=1.0,
+                         extra={"training": training})
+    # Temperature on val with the fp16 weights as shipped (T=1 in the manifest so far: raw logits).
+    val_paths, val_labels = _split_paths(data_dir, "val")
+    val_raw, kept = _calibrated_logits(out_dir, key, val_paths)
+    temperature = fit_temperature(val_raw, val_labels[kept])
+    manifest_path = out_dir / f"{key}.json"
+    manifest = read_manifest(manifest_path)
+    manifest["temperature"] = round(temperature, 5)
+    manifest["threshold"] = 0.5
+    atomic_write_json(manifest_path, manifest)
+    metrics = {"val": binary_metrics(val_labels[kept], sigmoid(val_raw / temperature))}
+    eval_sets = [("test", data_dir, "test")] + ([("cross_dataset", cross_data, "test")] if cross_data else [])
+    cache = {"val": (val_raw / temperature, val_labels[kept])}
+    for name, ddir, split in eval_sets:
+        paths, labels = _split_paths(ddir, split)
+        z, kept = _calibrated_logits(out_dir, key, paths)
+        metrics[name] = binary_metrics(labels[kept], sigmoid(z))
+        metrics[name].update(dataset=Path(ddir).name, split=split, command=_metric_cmd(ddir, split))
+        cache[name] = (z, labels[kept])
+    manifest["metrics"] = metrics
+    manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(manifest_path, manifest)
+    # Calibrated logits for the ensemble fit, outside git, keyed by the weights' checksum.
+    np.savez(Path(checkpoint).with_name("eval_logits.npz"), sha256=manifest["sha256"],
+             **{f"{n}_logits": v[0] for n, v in cache.items()}, **{f"{n}_labels": v[1] for n, v in cache.items()})
+    log.info("%s: T=%.3f val AUC %.4f test AUC %.4f%s", key, temperature, metrics["val"]["auc"],
+             metrics["test"]["auc"], f" cross AUC {metrics['cross_dataset']['auc']:.4f}" if cross_data else "")
+    return manifest
+
+
+def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross_data: str | None) -> dict:
+    manifest = read_manifest(out_dir / f"{key}.json")
+    cached = runs_dir / key / "eval_logits.npz"
+    if cached.exists():
+        with np.load(cached, allow_pickle=False) as d:
+            if str(d["sha256"]) == manifest["sha256"]:
+                return {k: d[k] for k in d.files}
+    out = {}
+    sets = [("val", data_dir, "val"), ("test", data_dir, "test")] + \
+        ([("cross_dataset", cross_data, "test")] if cross_data else [])
+    for name, ddir, split in sets:
+        paths, labels = _split_paths(ddir, split)
+        z, kept = _calibrated_logits(out_dir, key, paths)
+        out[f"{name}_logits"], out[f"{name}_labels"] = z, labels[kept]
+    return out
+
+
+def fit_ensemble(out_dir: Path, runs_dir: Path, data_dir: str, cross_data: str | None) -> dict:
+    keys = [k for k in MODEL_KEYS if (out_dir / f"{k}.json").exists()]
+    members = {k: _member_logits(out_dir, k, runs_dir, data_dir, cross_data) for k in keys}
+    x_val = np.stack([members[k]["val_logits"] for k in keys], axis=1)
+    y_val = members[keys[0]]["val_labels"]
+    lr = LogisticRegression(C=1.0, max_iter=1000, positive=True) if _supports_positive() else \
+        LogisticRegression(C=1.0, max_iter=1000)
+    lr.fit(x_val, y_val)
+    weights = {k: round(max(float(w), 0.0), 6) for k, w in zip(keys, lr.coef_[0])}
+    manifest = {"format_version": 1, "key": ENSEMBLE_KEY, "members": keys, "weights": weights,
+                "bias": round(float(lr.intercept_[0]), 6), "threshold": 0.5,
+                "method": "logistic regression on the members' temperature-calibrated logits, fitted on the "
+                          "validation split (non-negative weights)", "metrics": {}}
+    engine = ScoringEngine.__new__(ScoringEngine)  # only `combine` is needed: no model loading
+    engine.ensemble_manifest = manifest
+    sets = ["val", "test"] + (["cross_dataset"] if cross_data else [])
+    for name in sets:
+        z = {k: members[k][f"{name}_logits"] for k in keys}
+        y = members[keys[0]][f"{name}_labels"]
+        manifest["metrics"][name] = binary_metrics(y, engine.combine(z, keys))
+        if name != "val":
+            ddir = data_dir if name == "test" else cross_data
+            manifest["metrics"][name].update(dataset=Path(ddir).name, split="test", command=_metric_cmd(ddir, "test"))
+    atomic_write_json(out_dir / f"{ENSEMBLE_KEY}.json", manifest)
+    log.info("ensemble weights %s; test AUC %.4f", weights, manifest["metrics"]["test"]["auc"])
+    return manifest
+
+
+def _supports_positive() -> bool:
+    import inspect
+    return "positive" in inspect.signature(LogisticRegression).parameters
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Convert training checkpoints into installed models.")
+    p.add_argument("--checkpoint", nargs="*", default=[], help="engine checkpoints (runs/<key>/best.pt)")
+    p.add_argument("--data-dir", required=True, help="the training dataset (its val split calibrates, test reports)")
+    p.add_argument("--cross-data", default=None, help="a second dataset for the cross-dataset check (test split)")
+    p.add_argument("--out", default=str(DEFAULT_MODELS_DIR))
+    p.add_argument("--runs-dir", default="runs", help="where eval logits are cached for the ensemble fit")
+    p.add_argument("--ensemble", action="store_true", help="fit ensemble.json over the installed models")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    out_dir = Path(a.out)
+    for ckpt in a.checkpoint:
+        convert_checkpoint(ckpt, a.data_dir, out_dir, a.cross_data)
+    if a.ensemble:
+        fit_ensemble(out_dir, Path(a.runs_dir), a.data_dir, a.cross_data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

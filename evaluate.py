@@ -1,0 +1,188 @@
+"""Evaluate the installed detectors on a labelled dataset (GUIDE.md section 5).
+
+    python evaluate.py --data-dir ../shared/datasets/dfdc-faces --split test [--json]
+    python evaluate.py --data-dir ../shared/datasets/ffhq-stylegan2-faces --split test
+    python evaluate.py --data-dir my_videos/ --frames 32          # real/ and fake/ videos or photos
+
+Face-crop datasets (like dfdc-faces) are scored as they are: the crops already have the training
+geometry. Folders of videos (and of full photos, with --find-faces) go through face finding first;
+a frame's score is its most suspicious face's, and a video's score is the mean of its frame scores.
+Reports frame-level AUC, AP, EER and accuracy at the threshold for each model and the ensemble, and
+video-level AUC for videos.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+import data_handler
+from media import VIDEO_EXTENSIONS, MediaError
+from metrics import binary_metrics, video_level_auc
+from model_store import DEFAULT_MODELS_DIR
+from registry import ENSEMBLE_KEY
+from scoring import ScoringEngine, sigmoid
+
+CHUNK = 256
+
+
+def _read_crop(path: str) -> np.ndarray | None:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - unreadable files are counted, not fatal
+        return None
+
+
+def score_face_crops(engine: ScoringEngine, paths: list[str], models=None, progress=True):
+    """Calibrated logits of each model for face-crop files; returns (logits by model, kept mask)."""
+    keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
+    logits = {k: [] for k in keys}
+    kept = np.zeros(len(paths), bool)
+    for start in range(0, len(paths), CHUNK):
+        crops, idx = [], []
+        for i in range(start, min(start + CHUNK, len(paths))):
+            crop = _read_crop(paths[i])
+            if crop is not None:
+                crops.append(crop)
+                idx.append(i)
+        kept[idx] = True
+        if crops:
+            for k in keys:
+                logits[k].append(engine.model_logits(k, crops))
+        if progress:
+            print(f"  scored {min(start + CHUNK, len(paths))}/{len(paths)}", file=sys.stderr, flush=True)
+    return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in logits.items()}, kept
+
+
+def score_media_files(engine: ScoringEngine, paths: list[str], frames: int, models=None):
+    """Face finding + scoring for photos/videos: per-frame rows (file, frame, calibrated logits)."""
+    from pipeline import analyze_path
+
+    keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
+    rows = []
+    for n, path in enumerate(paths):
+        try:
+            analysis = analyze_path(path, engine, num_frames=frames, models=keys)
+        except MediaError as exc:
+            print(f"  skipped: {exc}", file=sys.stderr)
+            continue
+        by_frame: dict[int, list] = {}
+        for r in analysis.faces:
+            by_frame.setdefault(r.frame, []).append(r)
+        for frame, recs in by_frame.items():
+            ens = [float(engine.combine({k: np.array([r.logits[k]]) for k in keys}, keys)[0]) for r in recs]
+            top = recs[int(np.argmax(ens))]   # the frame's most suspicious face
+            rows.append({"file": path, "frame": frame, **{k: top.logits[k] for k in keys}})
+        print(f"  analysed {n + 1}/{len(paths)}", file=sys.stderr, flush=True)
+    return pd.DataFrame(rows), keys
+
+
+def evaluate(data_dir: str, split: str = "test", models_dir=DEFAULT_MODELS_DIR, models=None, threshold=None,
+             frames: int = 32, find_faces: bool = False, max_samples: int | None = None, seed: int = 0) -> dict:
+    engine = ScoringEngine(models_dir)
+    engine.require_models()
+    threshold = engine.default_threshold if threshold is None else threshold
+    records = data_handler.load_records(data_dir, seed=seed) if not _is_media_folder(data_dir) else \
+        _media_records(data_dir, seed)
+    rows = records[records["split"] == split]
+    if max_samples and len(rows) > max_samples:
+        rows = rows.sample(n=max_samples, random_state=seed)
+    paths, labels = rows["path"].tolist(), rows["label"].to_numpy()
+    t0 = time.time()
+    has_video = any(Path(p).suffix.lower() in VIDEO_EXTENSIONS for p in paths)
+    result = {"data_dir": str(data_dir), "split": split, "threshold": threshold, "models": {}}
+    if has_video or find_faces:
+        table, keys = score_media_files(engine, paths, frames, models)
+        label_of = dict(zip(paths, labels))
+        if table.empty:
+            raise SystemExit("error: no faces found in any file")
+        y = table["file"].map(label_of).to_numpy()
+        logits = {k: table[k].to_numpy() for k in keys}
+        video_ids = table["file"].tolist()
+        result["files"] = int(table["file"].nunique())
+        result["files_without_face"] = int(len(paths) - table["file"].nunique())
+    else:
+        logits, kept = score_face_crops(engine, paths, models)
+        keys = list(logits)
+        y = labels[kept]
+        video_ids = None
+        result["unreadable"] = int((~kept).sum())
+    for k in keys:
+        result["models"][k] = binary_metrics(y, sigmoid(logits[k]), threshold)
+    ens = engine.combine(logits, keys)
+    result["models"][ENSEMBLE_KEY] = binary_metrics(y, ens, threshold)
+    if video_ids is not None:
+        for k in keys:
+            result["models"][k]["video_auc"] = video_level_auc(video_ids, y, sigmoid(logits[k]))
+        result["models"][ENSEMBLE_KEY]["video_auc"] = video_level_auc(video_ids, y, ens)
+    result["n"] = int(len(y))
+    result["seconds"] = round(time.time() - t0, 1)
+    result["_logits"] = logits
+    result["_labels"] = y
+    return result
+
+
+def _is_media_folder(data_dir: str) -> bool:
+    root = Path(data_dir)
+    if not root.is_dir() or (root / "metadata.csv").exists():
+        return False
+    return any(p.suffix.lower() in VIDEO_EXTENSIONS for p in root.rglob("*") if p.is_file())
+
+
+def _media_records(data_dir: str, seed: int) -> pd.DataFrame:
+    rows = []
+    for name, label in data_handler.LABELS.items():
+        for p in sorted((Path(data_dir) / name).rglob("*")):
+            if p.is_file() and (p.suffix.lower() in VIDEO_EXTENSIONS or p.suffix.lower() in data_handler.IMAGE_EXTENSIONS):
+                rows.append({"path": str(p), "label": label, "group": p.stem})
+    records = pd.DataFrame(rows)
+    # A folder of media without a manifest is one evaluation set: every file is in `test`.
+    records["split"] = "test"
+    return records
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['data_dir']} [{result['split']}] n={result['n']} threshold={result['threshold']}",
+             f"{'model':<16}{'AUC':>8}{'AP':>8}{'EER':>8}{'ACC':>8}" +
+             (f"{'vAUC':>8}" if "video_auc" in result["models"][ENSEMBLE_KEY] else "")]
+    for k, m in result["models"].items():
+        fmt = lambda v: f"{v:8.4f}" if isinstance(v, float) and not math.isnan(v) else f"{'n/a':>8}"  # noqa: E731
+        line = f"{k:<16}{fmt(m['auc'])}{fmt(m['ap'])}{fmt(m['eer'])}{fmt(m['accuracy'])}"
+        if "video_auc" in m:
+            line += fmt(m["video_auc"])
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Evaluate the installed detectors on a labelled dataset.")
+    p.add_argument("--data-dir", required=True, help="dataset folder (metadata.csv or real/ + fake/) or manifest")
+    p.add_argument("--split", default="test", choices=data_handler.SPLITS)
+    p.add_argument("--models", default=None, help="comma-separated model keys (default: all installed)")
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--frames", type=int, default=32, help="frames per video")
+    p.add_argument("--find-faces", action="store_true", help="run face finding on images (full photos)")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    models = [m.strip() for m in a.models.split(",")] if a.models else None
+    result = evaluate(a.data_dir, a.split, a.models_dir, models, a.threshold, a.frames, a.find_faces, a.max_samples)
+    print(json.dumps(public(result), indent=2) if a.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

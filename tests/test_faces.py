@@ -1,0 +1,53 @@
+"""MTCNN face finding and the training crop geometry."""
+import numpy as np
+import pytest
+
+from faces import CROP_Y_SHIFT, crop_face, crop_square, get_face_detector
+
+
+def test_astronaut_has_exactly_one_face(astronaut):
+    faces = get_face_detector().detect([astronaut])[0]
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.probability >= 0.9
+    x1, y1, x2, y2 = face.box
+    # The astronaut's face is in the upper middle of the 512 px photo.
+    assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 200
+    assert len(face.landmarks) == 5
+
+
+def test_two_faces_are_both_found(astronaut):
+    from skimage import transform
+    head = astronaut[20:260, 120:330]
+    canvas = np.full((360, 720, 3), 128, np.uint8)
+    canvas[40:280, 40:250] = head
+    canvas[60:300, 420:630] = (transform.rescale(head, 1.0, channel_axis=2) * 255).astype(np.uint8)
+    faces = get_face_detector().detect([canvas])[0]
+    assert len(faces) == 2
+    centres = sorted((f.box[0] + f.box[2]) / 2 for f in faces)
+    assert centres[0] < 250 < 420 < centres[1]
+
+
+def test_batched_detection_equals_single(astronaut):
+    detector = get_face_detector()
+    flipped = np.ascontiguousarray(astronaut[:, ::-1])
+    batch = detector.detect([astronaut, flipped, np.zeros_like(astronaut)], frame_indices=[3, 7, 9])
+    single = detector.detect([flipped])[0]
+    assert [len(b) for b in batch] == [1, 1, 0]
+    assert batch[1][0].frame == 7
+    np.testing.assert_allclose(batch[1][0].box, single[0].box, atol=1.0)
+
+
+def test_crop_geometry_matches_guide():
+    cx, cy, side = crop_square((100, 100, 200, 240))
+    assert side == pytest.approx(120.0)
+    assert cx == pytest.approx(150.0)
+    assert cy == pytest.approx(170.0 + CROP_Y_SHIFT * 120.0)
+
+
+def test_crop_face_pads_at_the_border_and_resizes():
+    image = np.full((100, 100, 3), 200, np.uint8)
+    crop = crop_face(image, (-20, -20, 40, 40), out_size=64)
+    assert crop.shape == (64, 64, 3)
+    assert crop[0, 0].tolist() == [0, 0, 0]          # outside the image: black padding
+    assert crop[-1, -1].tolist() == [200, 200, 200]  # inside the image

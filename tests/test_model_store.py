@@ -1,0 +1,69 @@
+"""Converted-model format: fp16 safetensors + manifest with SHA-256; refusals name the file."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from model_store import ModelFileError, load_converted_model, save_converted_model, sha256_of
+from registry import get_spec
+from scoring import ScoringEngine
+
+
+def test_round_trip_is_exact_in_fp16(tmp_path):
+    model = get_spec("cnn_transformer").build(64).eval()
+    manifest_path = save_converted_model(model, "cnn_transformer", tmp_path, input_size=64, temperature=1.7)
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["sha256"] == sha256_of(tmp_path / "cnn_transformer.safetensors")
+    assert manifest["weights_dtype"] == "float16" and manifest["temperature"] == 1.7
+    loaded = load_converted_model(manifest_path)
+    for name, tensor in model.state_dict().items():
+        expected = tensor.half().to(tensor.dtype) if tensor.is_floating_point() else tensor
+        assert torch.equal(loaded.model.state_dict()[name], expected), name
+
+
+def _copy_models(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_checksum_mismatch_is_refused_with_file_name(random_models_dir, tmp_path):
+    d = _copy_models(random_models_dir, tmp_path / "m")
+    weights = d / "swin.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="swin.safetensors.*SHA-256 mismatch"):
+        load_converted_model(d / "swin.json")
+
+
+def test_truncated_file_is_refused(random_models_dir, tmp_path):
+    d = _copy_models(random_models_dir, tmp_path / "m")
+    weights = d / "xception.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="xception.safetensors"):
+        load_converted_model(d / "xception.json")
+
+
+def test_pickle_is_refused_even_with_matching_checksum(random_models_dir, tmp_path):
+    d = _copy_models(random_models_dir, tmp_path / "m")
+    weights = d / "efficientnet.safetensors"
+    torch.save({"x": torch.zeros(3)}, weights)  # a pickle under the expected name
+    manifest = json.loads((d / "efficientnet.json").read_text())
+    manifest["sha256"] = sha256_of(weights)
+    (d / "efficientnet.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="efficientnet.safetensors: not a valid safetensors"):
+        load_converted_model(d / "efficientnet.json")
+
+
+def test_missing_and_broken_models_leave_the_others_working(random_models_dir, tmp_path, astronaut):
+    d = _copy_models(random_models_dir, tmp_path / "m")
+    (d / "swin.safetensors").unlink()
+    (d / "xception.json").unlink()
+    engine = ScoringEngine(d, runtime="torch")
+    assert engine.status["swin"].state == "error" and "swin.safetensors" in engine.status["swin"].message
+    assert engine.status["xception"].state == "missing"
+    assert engine.loaded_keys == ["efficientnet", "cross_attention", "cnn_transformer"]
+    result = engine.score_crops([astronaut[:200, 150:350]])
+    assert set(result.model_probabilities) == set(engine.loaded_keys)
+    assert 0.0 <= result.ensemble_probability[0] <= 1.0

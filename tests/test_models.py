@@ -1,0 +1,85 @@
+"""The registry's five detectors: build, shapes, real cross-attention, offline pretrained trunk."""
+import numpy as np
+import pytest
+import torch
+
+from architectures import CrossAttentionNet, MobileNetV2Trunk, imagenet_mobilenet_v2
+from registry import MODEL_KEYS, MODEL_REGISTRY, get_spec
+
+EXPECTED_KEYS = ("xception", "efficientnet", "swin", "cross_attention", "cnn_transformer")
+
+
+def test_registry_has_the_five_keys_with_complete_specs():
+    assert MODEL_KEYS == EXPECTED_KEYS
+    for key, spec in MODEL_REGISTRY.items():
+        assert spec.key == key and spec.default_input_size >= 128
+        assert len(spec.mean) == len(spec.std) == 3
+        assert spec.cam_layer, f"{key} has no Grad-CAM layer"
+    assert get_spec("xception").mean == (0.5, 0.5, 0.5)
+    with pytest.raises(KeyError, match="unknown model"):
+        get_spec("resnet")
+
+
+@pytest.mark.parametrize("key", EXPECTED_KEYS)
+@pytest.mark.parametrize("size", ["default", 128])
+def test_model_builds_and_gives_one_logit_per_image(key, size):
+    spec = get_spec(key)
+    size = spec.default_input_size if size == "default" else size
+    model = spec.build(size, pretrained=False).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 1)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("key", EXPECTED_KEYS)
+def test_visualisation_layers_exist(key):
+    spec = get_spec(key)
+    names = dict(spec.build(128).named_modules())
+    for layer in (*spec.feature_layers, spec.cam_layer):
+        assert layer in names, f"{key}: no module named {layer}"
+
+
+def test_cross_attention_really_attends_across_streams():
+    torch.manual_seed(0)
+    model = CrossAttentionNet(img_size=128).eval()
+    fine = torch.randn(1, 1 + 64, 256)
+    coarse = torch.randn(1, 1 + 16, 256)
+    with torch.no_grad():
+        fine_cls, coarse_cls = model.cross_attend(fine, coarse)
+        # Change only the coarse stream's tokens (not its CLS): the *fine* CLS output must change.
+        coarse2 = coarse.clone()
+        coarse2[:, 1:] += torch.randn_like(coarse2[:, 1:])
+        fine_cls2, _ = model.cross_attend(fine, coarse2)
+        # And the other way round.
+        fine2 = fine.clone()
+        fine2[:, 1:] += torch.randn_like(fine2[:, 1:])
+        _, coarse_cls2 = model.cross_attend(fine2, coarse)
+    assert not torch.allclose(fine_cls, fine_cls2, atol=1e-4)
+    assert not torch.allclose(coarse_cls, coarse_cls2, atol=1e-4)
+
+
+def _imagenet_top(model, image: np.ndarray, k=3):
+    from torchvision.transforms import v2
+    tf = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    with torch.no_grad():
+        logits = model(tf(torch.from_numpy(image[..., :3]).permute(2, 0, 1))[None])
+    return logits[0].topk(k).indices.tolist()
+
+
+def test_offline_pretrained_mobilenet_v2_classifies_skimage_photos():
+    from skimage import data
+    model = imagenet_mobilenet_v2()
+    assert _imagenet_top(model, data.coffee())[0] == 967          # espresso
+    assert _imagenet_top(model, data.chelsea())[0] == 285         # Egyptian cat
+
+
+def test_custom_models_take_the_pretrained_trunk():
+    reference = imagenet_mobilenet_v2().features
+    trunk = MobileNetV2Trunk(pretrained=True)
+    assert torch.equal(trunk.stage16[0][0].weight, reference[0][0].weight)
+    assert torch.equal(trunk.stage32[-1][0].weight, reference[18][0].weight)
+    for key in ("cross_attention", "cnn_transformer"):
+        model = get_spec(key).build(128, pretrained=True)
+        assert torch.equal(model.trunk.stage16[0][0].weight, reference[0][0].weight)

@@ -1,0 +1,153 @@
+"""The training pipeline end to end on a tiny synthetic dataset the test makes.
+
+Each train_*.py trains, its checkpoint converts, and the converted model loads in the engine and CLI;
+MLflow records the run; a kill -9 mid-training resumes to the same result; torchrun runs DDP.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from registry import MODEL_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def make_face_dataset(root: Path, per_class: int = 24, size: int = 64, seed: int = 0) -> Path:
+    """real/ and fake/ folders (nested) of synthetic 'faces': fakes carry a blended high-frequency patch."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for label in ("real", "fake"):
+        for i in range(per_class):
+            base = np.stack([np.sin(xx * rng.uniform(2, 6) + rng.uniform(0, 3)),
+                             np.cos(yy * rng.uniform(2, 6) + rng.uniform(0, 3)),
+                             np.sin((xx + yy) * rng.uniform(1, 4))], axis=2) * 60 + 128
+            if label == "fake":
+                patch = rng.normal(0, 40, (size // 2, size // 2, 3))
+                base[size // 4: 3 * size // 4, size // 4: 3 * size // 4] += patch
+            folder = root / label / f"batch{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(folder / f"{label}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_face_dataset(tmp_path_factory.mktemp("faces"))
+
+
+def train_cmd(key, data, out, cache, *extra):
+    return [PY, str(ROOT / f"train_{key}.py"), "--data-dir", str(data), "--output-dir", str(out),
+            "--input-size", "64", "--batch-size", "8", "--cache-dir", str(cache), "--threads", "1", *extra]
+
+
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_each_train_script_trains_converts_and_serves(key, dataset, tmp_path, astronaut_jpg):
+    out = tmp_path / "runs"
+    proc = subprocess.run(train_cmd(key, dataset, out, tmp_path / "cache", "--epochs", "1", "--no-mlflow"),
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((out / key / "summary.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["config"]["input_size"] == 64
+    models_dir = tmp_path / "converted"
+    from convert_models import convert_checkpoint
+    manifest = convert_checkpoint(str(out / key / "best.pt"), str(dataset), models_dir, None)
+    assert manifest["input_size"] == 64 and 0.05 <= manifest["temperature"] <= 20
+    assert 0.0 <= manifest["metrics"]["test"]["auc"] <= 1.0
+    assert "evaluate.py" in manifest["metrics"]["test"]["command"]
+    from scoring import ScoringEngine
+    assert ScoringEngine(models_dir).status[key].state == "loaded"
+    cli = subprocess.run([PY, str(ROOT / "predict.py"), str(astronaut_jpg), "--models-dir", str(models_dir), "--json"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    report = json.loads(cli.stdout.strip().splitlines()[-1])
+    assert list(report["models"]) == [key] and report["verdict"] in ("REAL", "FAKE")
+
+
+def test_mlflow_records_params_metrics_and_artifacts(dataset, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = subprocess.run(train_cmd("cnn_transformer", dataset, tmp_path / "runs", tmp_path / "cache", "--epochs", "2",
+                                    "--mlflow-uri", uri, "--experiment", "t"),
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import mlflow
+    client = mlflow.tracking.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name.startswith("cnn_transformer-")
+    assert run.data.params["lr"] and run.data.params["weight_decay"]
+    for metric in ("train_loss", "val_loss", "val_accuracy", "val_auc", "val_ap", "val_eer", "lr"):
+        assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"roc_curve.png", "confusion_matrix.png", "checkpoint"} <= artifacts
+
+
+def _weights(path):
+    from training_engine import load_checkpoint
+    return load_checkpoint(path)["model"]
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_result(dataset, tmp_path):
+    args = ["--epochs", "4", "--sbi", "0.3", "--mlflow-uri", f"sqlite:///{tmp_path / 'ml.db'}"]
+    # Reference: an uninterrupted run.
+    ref = subprocess.run(train_cmd("cnn_transformer", dataset, tmp_path / "ref", tmp_path / "cache", *args),
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    # Interrupted: kill -9 once the first epoch's checkpoint exists, then rerun the same command.
+    cmd = train_cmd("cnn_transformer", dataset, tmp_path / "run", tmp_path / "cache", *args)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "run" / "cnn_transformer" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "first epoch never checkpointed"
+    assert not (tmp_path / "run" / "cnn_transformer" / "summary.json").exists(), "run finished before the kill"
+    at_kill = torch.load(last, weights_only=True)
+    epoch_at_kill, run_id_at_kill = at_kill["epoch"] + 1, at_kill["mlflow_run_id"]
+    assert epoch_at_kill < 4
+    resumed = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch {epoch_at_kill}" in resumed.stdout
+    summary = json.loads((tmp_path / "run" / "cnn_transformer" / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
+    # Same optimizer, scheduler and RNG state: the resumed run ends where the uninterrupted one did.
+    ref_w, run_w = _weights(tmp_path / "ref" / "cnn_transformer" / "last.pt"), _weights(last)
+    for name in ref_w:
+        torch.testing.assert_close(run_w[name], ref_w[name], rtol=1e-4, atol=1e-5, msg=name)
+    # ... and logged to the same MLflow run, one point per epoch.
+    import mlflow
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'ml.db'}")
+    assert summary["mlflow_run_id"] == run_id_at_kill
+    steps = sorted(m.step for m in client.get_metric_history(run_id_at_kill, "val_auc"))
+    assert steps == [1, 2, 3, 4]
+
+
+def test_torchrun_two_processes_shard_data_and_end_with_identical_weights(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(torchrun + train_cmd("cnn_transformer", dataset, out, tmp_path / "cache",
+                                               "--epochs", "1", "--no-mlflow", "--log-samples", "--device", "cpu")[1:],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = out / "cnn_transformer"
+    r0 = json.loads((d / "samples-rank0-epoch1.json").read_text())["indices"]
+    r1 = json.loads((d / "samples-rank1-epoch1.json").read_text())["indices"]
+    assert r0 and r1 and not set(r0) & set(r1), "ranks saw overlapping data"
+    w0 = json.loads((d / "weights-rank0.json").read_text())["sha256"]
+    w1 = json.loads((d / "weights-rank1.json").read_text())["sha256"]
+    assert w0 == w1
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["config"]["world_size"] == 2
