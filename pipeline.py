@@ -69,7 +69,7 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 
 
 def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, progress: ProgressFn) -> list[str]:
-    keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
+    keys = [k for k in engine.loaded_keys if not models or k in models]  # registry order
     crops = [r.crop for r in records]
     for n, key in enumerate(keys):
         progress(f"scoring faces with {key}", n, len(keys))
@@ -185,7 +185,7 @@ def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | N
                  models=None) -> dict:
     """The verdict for `analysis` at `threshold` with the chosen models (pure, cheap: no model runs)."""
     threshold = engine.default_threshold if threshold is None else float(threshold)
-    keys = [k for k in (models or analysis.models) if k in analysis.models]
+    keys = [k for k in analysis.models if not models or k in models]
     faces_out, per_face_ens, per_face_models = [], [], []
     for r in analysis.faces:
         logits = {k: np.array([r.logits[k]]) for k in keys if k in r.logits}

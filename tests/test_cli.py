@@ -1,0 +1,80 @@
+"""predict.py: table and JSON output, videos, errors without tracebacks, no models installed."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_video(path: Path, frame: np.ndarray, n: int = 20, fps: float = 10.0, shift: int = 2) -> Path:
+    h, w = frame.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for i in range(n):
+        writer.write(cv2.cvtColor(np.roll(frame, i * shift, axis=1), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_json_output_schema_for_an_image(random_models_dir, astronaut_jpg, capsys):
+    assert predict.main([str(astronaut_jpg), "--models-dir", str(random_models_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip())
+    assert report["kind"] == "image" and report["verdict"] in ("REAL", "FAKE")
+    assert set(report["models"]) == {"xception", "efficientnet", "swin", "cross_attention", "cnn_transformer"}
+    assert 0 <= report["fake_probability"] <= 1 and report["frames_analyzed"] == 1
+    face = report["faces"][0]
+    assert set(face) >= {"frame", "box", "detection_probability", "fake_probability", "models"}
+    assert report["fake_probability"] == pytest.approx(max(f["fake_probability"] for f in report["faces"]))
+
+
+def test_threshold_and_model_subset(random_models_dir, astronaut_jpg, capsys):
+    predict.main([str(astronaut_jpg), "--models-dir", str(random_models_dir), "--json", "--models",
+                  "swin,xception", "--threshold", "0"])
+    report = json.loads(capsys.readouterr().out.strip())
+    assert list(report["models"]) == ["xception", "swin"] and report["verdict"] == "FAKE"
+    predict.main([str(astronaut_jpg), "--models-dir", str(random_models_dir), "--json", "--threshold", "1"])
+    assert json.loads(capsys.readouterr().out.strip())["verdict"] == "REAL"
+
+
+def test_video_samples_frames_and_tracks_the_face(random_models_dir, astronaut, tmp_path, capsys):
+    video = make_video(tmp_path / "clip.mp4", astronaut, n=30)
+    assert predict.main([str(video), "--frames", "8", "--models-dir", str(random_models_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip())
+    assert report["kind"] == "video" and report["frames_analyzed"] == 8 and report["frames_with_faces"] == 8
+    assert len(report["persons"]) == 1 and report["persons"][0]["frames"] == 8
+    frames = [f["frame"] for f in report["faces"]]
+    assert frames == sorted(frames) and len(set(frames)) == 8
+    assert report["fake_probability"] == pytest.approx(report["persons"][0]["fake_probability"], abs=1e-3)
+
+
+def test_bad_inputs_give_one_error_line_and_exit_2_while_others_run(random_models_dir, astronaut_jpg, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("this is text")
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(bad), str(astronaut_jpg),
+                           str(tmp_path / "missing.png"), str(tmp_path / "notes.txt"),
+                           "--models-dir", str(random_models_dir), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    assert "bad.jpg" in errors[0] and "missing.png" in errors[1] and "notes.txt" in errors[2]
+    assert "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout.strip())["input"].endswith("astronaut.jpg")
+
+
+def test_no_models_installed_says_how_to_get_them(tmp_path, astronaut_jpg, capsys):
+    assert predict.main([str(astronaut_jpg), "--models-dir", str(tmp_path)]) == predict.EXIT_NO_MODELS
+    err = capsys.readouterr().err
+    assert "no detector models are installed" in err and "README" in err
+
+
+def test_readable_table(random_models_dir, astronaut_jpg, capsys):
+    predict.main([str(astronaut_jpg), "--models-dir", str(random_models_dir)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("VERDICT") and "astronaut.jpg" in out[1] and "1 face(s)" in out[1]

@@ -1,0 +1,86 @@
+"""Dataset reading, grouped splits, transforms, self-blended fakes, bad files."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import data_handler
+from registry import get_spec
+
+
+def _write(path, value=128, size=32):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
+
+
+def test_folder_layout_at_any_depth_gets_a_grouped_split(tmp_path):
+    for i in range(30):
+        _write(tmp_path / "real" / "a" / "b" / f"r{i}.jpg")
+        _write(tmp_path / "fake" / f"f{i}.png")
+    records = data_handler.load_records(tmp_path, seed=1)
+    assert len(records) == 60 and records["label"].sum() == 30
+    assert set(records["split"]) == {"train", "val", "test"}
+    again = data_handler.load_records(tmp_path, seed=1)
+    assert records["split"].tolist() == again["split"].tolist()  # seeded
+
+
+def test_grouped_split_keeps_each_group_in_one_split():
+    groups = [f"g{i // 3}" for i in range(300)]
+    splits = data_handler.grouped_split(groups, seed=0)
+    frame = pd.DataFrame({"group": groups, "split": splits})
+    assert frame.groupby("group")["split"].nunique().max() == 1
+    share = frame["split"].value_counts(normalize=True)
+    assert 0.7 < share["train"] < 0.9
+
+
+def test_manifest_split_is_used(tmp_path):
+    for i in range(4):
+        _write(tmp_path / "img" / f"{i}.jpg")
+    pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(4)], "label": ["real", "fake", "real", "fake"],
+                  "group": ["a", "a", "b", "b"], "split": ["train", "train", "test", "test"]}
+                 ).to_csv(tmp_path / "metadata.csv", index=False)
+    records = data_handler.load_records(tmp_path / "metadata.csv")
+    assert records["split"].tolist() == ["train", "train", "test", "test"]
+    assert records["label"].tolist() == [0, 1, 0, 1]
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
+    for i in range(6):
+        _write(tmp_path / "real" / f"r{i}.jpg")
+        _write(tmp_path / "fake" / f"f{i}.jpg")
+    (tmp_path / "fake" / "f0.jpg").write_bytes(b"not an image")
+    records = data_handler.load_records(tmp_path)
+    records["split"] = "train"
+    split = data_handler.load_split(records, "train", 16, cache_dir=tmp_path / "cache")
+    assert split.skipped == 1 and len(split.labels) == 11 and split.images.shape == (11, 16, 16, 3)
+    assert "skipped 1 unreadable" in caplog.text
+
+
+def test_transforms_give_model_sized_normalised_tensors():
+    spec = get_spec("xception")
+    image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)
+    for transform in (data_handler.train_transform(96, spec.mean, spec.std),
+                      data_handler.eval_transform(96, spec.mean, spec.std)):
+        out = transform(image)
+        assert out.shape == (3, 96, 96) and out.dtype == torch.float32
+        assert -1.01 <= float(out.min()) and float(out.max()) <= 1.01  # mean = std = 0.5
+
+
+def test_self_blended_fake_changes_the_face_inside_only():
+    rng = np.random.default_rng(0)
+    face = (np.random.default_rng(1).random((128, 128, 3)) * 255).astype(np.uint8)
+    blended = data_handler.self_blend(face, rng)
+    diff = np.abs(blended.astype(int) - face.astype(int)).sum(axis=2)
+    assert diff[40:90, 40:90].mean() > 5          # the inner face changed
+    assert diff[:4, :4].mean() < diff[40:90, 40:90].mean() / 4  # the corners barely
+
+
+def test_sbi_relabels_some_reals_as_fake():
+    images = np.random.default_rng(0).integers(0, 255, (40, 64, 64, 3), dtype=np.uint8)
+    split = data_handler.CachedSplit(images, np.zeros(40, np.int64), [str(i) for i in range(40)],
+                                     [str(i) for i in range(40)], 0)
+    ds = data_handler.FaceCropDataset(split, data_handler.eval_transform(64, (0.5,) * 3, (0.5,) * 3),
+                                      sbi_probability=0.5)
+    labels = [float(ds[i][1]) for i in range(40)]
+    assert 8 <= sum(labels) <= 32
