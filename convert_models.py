@@ -45,6 +45,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def _samples_per_epoch(config: dict) -> int | None:
+    if config.get("epoch_samples"):
+        return int(config["epoch_samples"])
+    words = (config.get("command") or "").split()
+    if "--epoch-samples" in words:
+        return int(words[words.index("--epoch-samples") + 1])
+    return config.get("n_train")
+
+
 def _split_paths(data_dir: str, split: str):
     records = data_handler.load_records(data_dir)
     rows = records[records["split"] == split]
@@ -72,7 +81,7 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
     training = {
         "dataset": config.get("dataset"), "data_dir": config.get("data_dir"), "split": "train",
         "n_train": config.get("n_train"), "n_val": config.get("n_val"),
-        "epochs": len(history), "samples_per_epoch": None, "best_epoch": int(ckpt["epoch"]) + 1,
+        "epochs": len(history), "samples_per_epoch": _samples_per_epoch(config), "best_epoch": int(ckpt["epoch"]) + 1,
         "train_time_s": round(float(ckpt.get("elapsed_s", 0.0)), 1),
         "best_val_auc_during_training": float(ckpt["best_auc"]),
         "pretrained_trunk": bool(config.get("pretrained")) and spec.trunk_prefix is not None,

@@ -450,7 +450,7 @@ class Trainer:
         a = self.args
         return {"model": a.model, "input_size": a.input_size, "arch_args": self.arch_args,
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
-                "n_val": self.n_val, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
+                "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
                 "weight_decay": a.weight_decay, "pretrained": a.pretrained, "sbi": a.sbi,
                 "teacher": a.teacher, "seed": a.seed, "world_size": self.world,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}

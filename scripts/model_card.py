@@ -1,0 +1,48 @@
+"""Print the README's model-card tables from the manifests in converted_models/ (no figure is typed by hand).
+
+    .venv/bin/python scripts/model_card.py
+"""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec  # noqa: E402
+
+
+def fmt(v, nd=3):
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def main(models_dir=ROOT / "converted_models") -> str:
+    rows = ["| model | architecture | input | params | trained | test AUC | test AP | test EER | test acc | "
+            "FFHQ/StyleGAN2 AUC | AP | EER |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in MODEL_KEYS:
+        path = Path(models_dir) / f"{key}.json"
+        if not path.exists():
+            rows.append(f"| `{key}` | {get_spec(key).title} | - | - | not shipped | | | | | | | |")
+            continue
+        m = json.loads(path.read_text())
+        t, c = m["metrics"]["test"], m["metrics"].get("cross_dataset", {})
+        tr = m.get("training", {})
+        how = (f"{tr.get('train_time_s', 0) / 60:.0f} min CPU, {tr.get('epochs')} x "
+               f"{'pretrained trunk' if tr.get('pretrained_trunk') else 'from scratch'}"
+               f"{', distilled' if tr.get('distilled_from') else ''}")
+        rows.append(f"| `{key}` | {m['title']} | {m['input_size']} | {m['num_parameters'] / 1e6:.1f} M | {how} | "
+                    f"{fmt(t['auc'])} | {fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | "
+                    f"{fmt(c.get('auc'))} | {fmt(c.get('ap'))} | {fmt(c.get('eer'))} |")
+    ens = Path(models_dir) / f"{ENSEMBLE_KEY}.json"
+    if ens.exists():
+        e = json.loads(ens.read_text())
+        t, c = e["metrics"]["test"], e["metrics"].get("cross_dataset", {})
+        w = ", ".join(f"{k} {v:.2f}" for k, v in e["weights"].items())
+        rows.append(f"| `ensemble` | logistic regression ({w}) | - | - | fitted on val | {fmt(t['auc'])} | "
+                    f"{fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | {fmt(c.get('auc'))} | "
+                    f"{fmt(c.get('ap'))} | {fmt(c.get('eer'))} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(main())
