@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 # Pillow's own bomb guard raises above 2x this value; keep it aligned with ours.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Between 1x and 2x Pillow only warns (on stderr); load_image refuses those images itself right after
+# opening them, with a MediaError naming the file, so the warning would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class MediaError(Exception):
@@ -87,7 +91,10 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> np
         fh = io.BytesIO(source)
     else:
         check_file_size(source)
-        fh = open(source, "rb")
+        try:
+            fh = open(source, "rb")
+        except OSError as exc:  # a folder, no permission, or gone since the size check
+            raise MediaError(f"{label}: cannot read file ({exc.strerror or exc})") from None
     try:
         with fh:
             try:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from registry import ENSEMBLE_KEY, MODEL_REGISTRY, get_spec
@@ -26,6 +26,11 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "converted_models"
 DEFAULT_CROP = {"side": "mean(width, height) of the MTCNN box", "y_shift": 0.049, "canonical_size": 224}
 # A converted model larger than this is refused before hashing (no legitimate model is near it).
 MAX_WEIGHTS_BYTES = 1_000_000_000
+# Manifest architecture args are hyper-parameters (dim, depth, heads, variant, ...). Numbers are bounded,
+# and names that would make a builder read a file or fetch a config (timm.create_model's
+# checkpoint_path, pretrained_cfg, cache_dir, ...) are refused.
+MAX_ARCH_ARG_VALUE = 4096
+FORBIDDEN_ARCH_ARG_WORDS = ("path", "file", "dir", "url", "cfg", "checkpoint", "pretrained", "cache", "hub")
 
 
 class ModelFileError(Exception):
@@ -72,6 +77,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped models and checkpoints are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -86,18 +92,19 @@ def atomic_write_json(path: str | os.PathLike, obj: dict) -> None:
 def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike, *, input_size: int,
                          arch_args: dict | None = None, temperature: float = 1.0, threshold: float = 0.5,
                          extra: dict | None = None) -> Path:
-    """Write `<key>.safetensors` (fp16) and `<key>.json`; returns the manifest path."""
+    """Write `<key>.safetensors` (fp16) and `<key>.json`; returns the manifest path.
+
+    The pair is replaced so that a crash at any moment leaves a manifest whose weights file exists
+    and matches its checksum (the old model or the new one, never new weights under the old
+    manifest): the new weights are first written as `<key>.incoming.safetensors` and the manifest
+    points there while `<key>.safetensors` is replaced."""
     spec = get_spec(key)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{key}.safetensors"
     state = {name: t.detach().to("cpu", torch.float16 if t.is_floating_point() else t.dtype).contiguous()
              for name, t in model.state_dict().items()}
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        tmp_file = Path(tmp) / "weights.safetensors"
-        save_file(state, str(tmp_file), metadata={"key": key, "format_version": str(FORMAT_VERSION)})
-        data = tmp_file.read_bytes()
-    atomic_write_bytes(weights_path, data)
+    data = save(state, metadata={"key": key, "format_version": str(FORMAT_VERSION)})
     manifest = {
         "format_version": FORMAT_VERSION,
         "key": key,
@@ -116,7 +123,12 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
         **(extra or {}),
     }
     manifest_path = out_dir / f"{key}.json"
+    staged = out_dir / f"{key}.incoming.safetensors"
+    atomic_write_bytes(staged, data)
+    atomic_write_json(manifest_path, {**manifest, "weights_file": staged.name})
+    atomic_write_bytes(weights_path, data)
     atomic_write_json(manifest_path, manifest)
+    staged.unlink(missing_ok=True)
     return manifest_path
 
 
@@ -143,6 +155,13 @@ def _validated_manifest(manifest_path: Path) -> dict:
     args = arch.get("args", {})
     if not isinstance(args, dict) or not all(isinstance(v, (int, float, str, bool)) for v in args.values()):
         raise ModelFileError(f"{manifest_path}: architecture args must be a flat object of numbers/strings")
+    for arg, value in args.items():
+        if arg.startswith("_") or any(word in arg.lower() for word in FORBIDDEN_ARCH_ARG_WORDS):
+            raise ModelFileError(f"{manifest_path}: architecture arg {arg!r} is not allowed")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                not (math.isfinite(value) and abs(value) <= MAX_ARCH_ARG_VALUE):
+            raise ModelFileError(f"{manifest_path}: architecture arg {arg}={value!r} is out of range "
+                                 f"(|value| <= {MAX_ARCH_ARG_VALUE})")
     size = manifest.get("input_size")
     if not isinstance(size, int) or not 32 <= size <= 1024:
         raise ModelFileError(f"{manifest_path}: input_size must be an integer in [32, 1024], got {size!r}")
@@ -174,14 +193,18 @@ def load_converted_model(manifest_path: str | os.PathLike) -> LoadedModel:
                              f"file {actual[:12]}...): the file was modified or is incomplete")
     try:
         state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - SafetensorError or anything else the parser raises: refused
         raise ModelFileError(f"{weights_path}: not a valid safetensors file ({exc})") from None
     spec = get_spec(manifest["architecture"]["name"])
+    args = manifest["architecture"].get("args", {})
     try:
-        model = spec.build(manifest["input_size"], pretrained=False, **manifest["architecture"].get("args", {}))
-    except TypeError as exc:
-        raise ModelFileError(f"{manifest_path}: architecture args rejected ({exc})") from None
-    expected = model.state_dict()
+        # First on the meta device (no memory, no initialisation): arguments that would build a huge
+        # model are caught by the shape check below before anything is allocated.
+        with torch.device("meta"):
+            skeleton = spec.build(manifest["input_size"], pretrained=False, **args)
+    except Exception as exc:  # noqa: BLE001 - a builder may raise anything for arguments it rejects
+        raise ModelFileError(f"{manifest_path}: architecture args rejected ({type(exc).__name__}: {exc})") from None
+    expected = skeleton.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -191,6 +214,10 @@ def load_converted_model(manifest_path: str | os.PathLike) -> LoadedModel:
             f"unexpected {unexpected[:3]}" if unexpected else "",
             f"wrong shapes {wrong[:3]}" if wrong else "") if part)
         raise ModelFileError(f"{weights_path}: weights do not fit architecture {spec.key!r} ({detail})")
+    try:
+        model = spec.build(manifest["input_size"], pretrained=False, **args)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(f"{manifest_path}: architecture args rejected ({type(exc).__name__}: {exc})") from None
     state = {k: (v.to(expected[k].dtype)) for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     model.eval()

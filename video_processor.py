@@ -1,7 +1,9 @@
 """Video input: bounded probing, decoding only the sampled frames, and face tracks across frames.
 
 OpenCV's frame count can be wrong (GUIDE.md section 7): frames are read by index, a failed read is
-recorded instead of raised, and a header that reports no frames is counted by a bounded scan.
+recorded instead of raised, a header that reports no frames is counted by a bounded scan, and a
+header that reports more frames than the file holds is corrected by a bounded search for the last
+readable frame.
 """
 from __future__ import annotations
 
@@ -13,6 +15,12 @@ import cv2
 import numpy as np
 
 from media import MAX_VIDEO_PIXELS_PER_FRAME, MediaError, check_file_size
+
+# FFmpeg and OpenCV print their own diagnostics for corrupt files ("moov atom not found", "[ WARN ...]")
+# on stderr; the MediaError raised here says it once, in words. Users can still opt in via the env.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 MAX_SCAN_FRAMES = 20_000      # frames counted by decoding when the header gives no count
 SEQUENTIAL_GAP = 12           # closer sampled frames are reached by grabbing forward, not seeking
@@ -42,7 +50,14 @@ def sample_frame_indices(total: int, n: int) -> list[int]:
 
 
 def _open(path: str) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(path)
+    # FFmpeg only, on an absolute path: no fallback to OpenCV's image-sequence reader (which reads a
+    # name holding "%d" as a pattern) or its noisy AVI parser, and no "proto:" prefix as an FFmpeg
+    # protocol.
+    target = os.path.abspath(path)
+    if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+        cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG)
+    else:  # pragma: no cover - OpenCV builds without FFmpeg
+        cap = cv2.VideoCapture(target)
     if not cap.isOpened():
         raise MediaError(f"{path}: not a readable video (unknown or corrupt container)")
     return cap
@@ -61,18 +76,56 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         if width * height > MAX_VIDEO_PIXELS_PER_FRAME:
             raise MediaError(f"{path}: video is {width}x{height}, more than the "
                              f"{MAX_VIDEO_PIXELS_PER_FRAME:,}-pixel-per-frame limit")
-        count = header
         if header <= 0:
             count = 0
             while count < MAX_SCAN_FRAMES and cap.grab():
                 count += 1
-        if width <= 0 or height <= 0 or count <= 0:
-            ok, frame = cap.read() if header > 0 else (False, None)
-            if not ok:
+        else:
+            count = _count_readable(cap, header)
+        if count <= 0:
+            raise MediaError(f"{path}: video has no decodable frames")
+        if width <= 0 or height <= 0:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = cap.read()
+            if not ok or frame is None:
                 raise MediaError(f"{path}: video has no decodable frames")
+            height, width = frame.shape[:2]
+            if width * height > MAX_VIDEO_PIXELS_PER_FRAME:
+                raise MediaError(f"{path}: video is {width}x{height}, more than the "
+                                 f"{MAX_VIDEO_PIXELS_PER_FRAME:,}-pixel-per-frame limit")
         return VideoInfo(path, count, fps if np.isfinite(fps) else 0.0, width, height, header)
     finally:
         cap.release()
+
+
+def _readable(cap: cv2.VideoCapture, index: int) -> bool:
+    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = cap.read()
+    return bool(ok) and frame is not None
+
+
+def _count_readable(cap: cv2.VideoCapture, header: int) -> int:
+    """Frames that can be read when the header claims `header`: the header itself when its last frame
+    reads; otherwise (truncated file, patched or estimated count) the last readable frame is found by
+    galloping back from the end and bisecting, O(log header) seeks instead of decoding everything."""
+    if _readable(cap, header - 1):
+        return header
+    hi, step = header - 1, 1          # hi: an index known to be unreadable
+    lo = hi - step
+    while lo > 0 and not _readable(cap, lo):
+        hi, step = lo, step * 2
+        lo = hi - step
+    if lo <= 0:
+        lo = 0
+        if not _readable(cap, 0):
+            return 0
+    while hi - lo > 1:               # invariant: lo readable, hi not
+        mid = (lo + hi) // 2
+        if _readable(cap, mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo + 1
 
 
 def iter_frames(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray | None]]:
@@ -94,7 +147,8 @@ def iter_frames(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray
                 position += 1
             ok, frame = cap.read() if ok else (False, None)
             position += 1
-            if not ok or frame is None or frame.ndim != 3:
+            if not ok or frame is None or frame.ndim != 3 or \
+                    frame.shape[0] * frame.shape[1] > MAX_VIDEO_PIXELS_PER_FRAME:  # size changed mid-stream
                 yield index, None
                 continue
             yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
