@@ -1,0 +1,610 @@
+"""Benchmark: this project's analysis path against a faithful naive pipeline (`make bench`).
+
+    .venv/bin/python benchmark.py            # full run (~20 s 720p video, 100 frames, 7 image runs)
+    .venv/bin/python benchmark.py --quick    # smoke run (3 s video, 10 frames, 2 image runs)
+
+Workloads (docs/performance.md has the figures and how they were measured):
+  (a) image:      one photo with one face, end to end (decode, faces, all models, ensemble, report);
+                  median of --runs runs after a warm-up.
+  (b) video:      a generated 1280x720, 25 fps video (scikit-image's astronaut() face moving over a
+                  background), --frames frames analysed with pipeline.analyze_video + report;
+                  run in a fresh subprocess, which also reports
+  (d) peak RSS:   that subprocess's peak resident memory (ru_maxrss, and VmHWM reset just before the
+                  video so the figure is the video's own peak).
+  (c) cold start: a fresh interpreter that imports, builds the ScoringEngine and the face detector
+                  until every model is ready; timed from process start (Popen) to its "ready" line.
+                  With the ONNX cache filled (the normal start) and, in the full run, empty (first start).
+The naive baseline (below) runs (a) and (b) the way a straightforward script would: every frame
+decoded in order, a new MTCNN per frame, detection at full resolution, every model run on one face at
+a time in eager PyTorch (fp32, no channels_last), with the same crop geometry and the same calibrated
+ensemble. The two must agree (same faces per frame, probabilities within --tolerance), or the
+benchmark exits with status 1.
+
+Honest figures: each timing is reported as wall-clock seconds *and* CPU seconds of the process
+(user + system, all threads), with the share of the machine's CPU that other processes used during
+the run. On a busy machine wall times are inflated; CPU seconds are far less affected (see
+docs/performance.md). Without installed models in converted_models/, random-weight models are written
+to a temporary folder at 128 px (said so in the output): timings then hold for that input size only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+OUT_DIR = ROOT / "bench-output"
+RANDOM_MODEL_SIZE = 128
+TARGETS = {"video_s": 10.0, "video_speedup": 8.0, "image_s": 0.3, "cold_start_s": 8.0, "peak_rss_mb": 1536.0}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measuring
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _proc_stat() -> tuple[float, float] | None:
+    """(busy, total) jiffies of the whole machine, or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+class Measure:
+    """Wall and CPU seconds of a block, and how much of the machine other processes used meanwhile."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+        self.others_share: float | None = None
+
+    def __enter__(self):
+        self._stat = _proc_stat()
+        self._cpu = cpu_seconds()
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._t
+        self.cpu = cpu_seconds() - self._cpu
+        end = _proc_stat()
+        if self._stat and end and end[1] > self._stat[1]:
+            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            busy = (end[0] - self._stat[0]) / hz
+            capacity = (end[1] - self._stat[1]) / hz
+            self.others_share = max(0.0, min(1.0, (busy - self.cpu) / capacity)) if capacity > 0 else None
+        return False
+
+
+def median_runs(fn, runs: int) -> dict:
+    walls, cpus, others = [], [], []
+    result = None
+    for _ in range(runs):
+        with Measure() as m:
+            result = fn()
+        walls.append(m.wall)
+        cpus.append(m.cpu)
+        if m.others_share is not None:
+            others.append(m.others_share)
+    return {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "runs_wall_s": walls,
+            "runs_cpu_s": cpus, "others_cpu_share": statistics.mean(others) if others else None,
+            "result": result}
+
+
+def _r(x, nd=4):
+    return None if x is None else round(float(x), nd)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+def astronaut_face() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+def make_image(path: Path) -> Path:
+    from PIL import Image
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(astronaut_face()).save(path, quality=92)
+    return path
+
+
+def make_video(path: Path, seconds: float, fps: int = 25, size=(1280, 720)) -> Path:
+    """A real face (astronaut(), 1.25x) moving slowly over a textured 1280x720 background."""
+    import cv2
+
+    width, height = size
+    frames = int(round(seconds * fps))
+    if path.exists():
+        cap = cv2.VideoCapture(str(path))
+        ok = cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+        cap.release()
+        if ok:
+            return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([90 + 60 * xx / width, 110 + 40 * yy / height, 140 - 50 * xx / width], axis=-1)
+    noise = cv2.GaussianBlur(rng.normal(0, 25, (height // 8, width // 8, 3)).astype(np.float32), (0, 0), 2)
+    background = np.clip(base + cv2.resize(noise, (width, height)), 0, 255).astype(np.uint8)
+    face = cv2.resize(astronaut_face()[0:320, 64:384], (400, 400), interpolation=cv2.INTER_CUBIC)
+    fh, fw = face.shape[:2]
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError("cv2.VideoWriter cannot write mp4v here")
+    for i in range(frames):
+        t = i / max(frames - 1, 1)
+        x = int(round(80 + t * (width - fw - 160)))                     # slowly left to right
+        y = int(round((height - fh) / 2 + 40 * math.sin(2 * math.pi * t)))
+        frame = background.copy()
+        frame[y:y + fh, x:x + fw] = face
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    os.replace(tmp, path)
+    return path
+
+
+def write_random_models(out_dir: Path, size: int = RANDOM_MODEL_SIZE, seed: int = 0) -> Path:
+    """Random-weight converted models (deterministic: same seed, same weights, same ONNX cache key)."""
+    import torch
+
+    from model_store import atomic_write_json, save_converted_model
+    from registry import MODEL_KEYS, get_spec
+
+    torch.manual_seed(seed)
+    for key in MODEL_KEYS:
+        model = get_spec(key).build(size, pretrained=False)
+        save_converted_model(model, key, out_dir, input_size=size, extra={"note": "random weights (benchmark)"})
+    # Equal weights summing to 1 (the engine's fallback without a learnt ensemble).
+    atomic_write_json(out_dir / "ensemble.json", {"key": "ensemble", "weights": {k: 1.0 / len(MODEL_KEYS) for k in MODEL_KEYS},
+                                                  "bias": 0.0, "threshold": 0.5})
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ours (the project's pipeline)
+def faces_of(analysis, report) -> list[dict]:
+    return [{"frame": f["frame"], "box": f["box"], "p": f["fake_probability"], "models": f["models"]}
+            for f in report["faces"]]
+
+
+def ours_image(path: Path, engine) -> list[dict]:
+    from pipeline import analyze_image, build_report
+
+    analysis = analyze_image(str(path), engine)
+    return faces_of(analysis, build_report(analysis, engine))
+
+
+def ours_video(path: Path, engine, frames: int) -> list[dict]:
+    from pipeline import analyze_video, build_report
+
+    analysis = analyze_video(str(path), engine, num_frames=frames)
+    return faces_of(analysis, build_report(analysis, engine))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The naive baseline: what a straightforward script does (kept faithful on purpose: do not optimise)
+class Naive:
+    def __init__(self, models_dir: Path, engine):
+        from model_store import discover_manifests, load_converted_model
+
+        self.engine = engine                       # only for engine.combine (the same ensemble)
+        self.models = {}
+        for key, manifest in discover_manifests(models_dir).items():
+            if key in engine.models:
+                loaded = load_converted_model(manifest)   # its own fp32 copy, default memory format
+                self.models[key] = loaded
+
+    def new_mtcnn(self):
+        from facenet_pytorch import MTCNN
+
+        from faces import MIN_FACE_SIZE_PX
+        return MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX, thresholds=[0.6, 0.7, 0.7],
+                     post_process=False)
+
+    def faces_in(self, frame: np.ndarray, index: int) -> list[dict]:
+        import torch
+
+        from faces import MIN_FACE_PROBABILITY, crop_face
+        from media import MAX_FACES_PER_IMAGE
+        from pipeline import _round
+        from scoring import prepare_batch, sigmoid
+
+        mtcnn = self.new_mtcnn()                        # a new detector for every frame
+        boxes, probs = mtcnn.detect(frame)              # full resolution
+        found = []
+        h, w = frame.shape[:2]
+        if boxes is not None:
+            for box, prob in zip(np.asarray(boxes).astype(np.float32), np.asarray(probs).astype(np.float32)):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                if not np.isfinite(prob) or prob < MIN_FACE_PROBABILITY or x2 - x1 < 2 or y2 - y1 < 2:
+                    continue
+                found.append((max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)))
+        found.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+        out = []
+        for box in found[:MAX_FACES_PER_IMAGE]:
+            crop = crop_face(frame, box)
+            logits = {}
+            for key, loaded in self.models.items():         # one face at a time, eager fp32
+                x = prepare_batch([crop], loaded.input_size, loaded.manifest["mean"], loaded.manifest["std"])
+                with torch.no_grad():
+                    z = float(loaded.model(x.contiguous()).reshape(-1)[0])
+                logits[key] = z / loaded.temperature
+            p = float(self.engine.combine({k: np.array([v]) for k, v in logits.items()})[0])
+            out.append({"frame": index, "box": [round(v, 1) for v in box], "p": _round(p),
+                        "models": {k: _round(float(sigmoid(v))) for k, v in logits.items()}})
+        return out
+
+    def image(self, path: Path) -> list[dict]:
+        from media import load_image
+
+        return self.faces_in(load_image(str(path)), 0)
+
+    def video(self, path: Path, frames: int) -> list[dict]:
+        import cv2
+
+        from video_processor import sample_frame_indices
+
+        cap = cv2.VideoCapture(str(path))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        wanted = set(sample_frame_indices(total, frames))
+        kept, index = [], 0
+        while True:                                      # decode every frame, in order
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index in wanted:
+                kept.append((index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+            index += 1
+        cap.release()
+        out = []
+        for index, frame in kept:
+            out.extend(self.faces_in(frame, index))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Agreement
+def _iou(a, b) -> float:
+    from video_processor import box_iou
+    return box_iou(a, b)
+
+
+def compare(ours: list[dict], naive: list[dict], tolerance: float) -> dict:
+    """Same faces per frame (matched by IoU) and ensemble P(fake) within `tolerance` for each."""
+    by_frame: dict[int, tuple[list, list]] = {}
+    for f in ours:
+        by_frame.setdefault(f["frame"], ([], []))[0].append(f)
+    for f in naive:
+        by_frame.setdefault(f["frame"], ([], []))[1].append(f)
+    count_mismatch, unmatched, ious, p_diffs, model_diffs = [], 0, [], [], []
+    for frame, (a, b) in sorted(by_frame.items()):
+        if len(a) != len(b):
+            count_mismatch.append({"frame": frame, "ours": len(a), "naive": len(b)})
+        pairs = sorted(((_iou(fa["box"], fb["box"]), i, j) for i, fa in enumerate(a) for j, fb in enumerate(b)),
+                       reverse=True)
+        used_a, used_b = set(), set()
+        for iou, i, j in pairs:
+            if iou < 0.5 or i in used_a or j in used_b:
+                continue
+            used_a.add(i)
+            used_b.add(j)
+            ious.append(iou)
+            p_diffs.append(abs(a[i]["p"] - b[j]["p"]))
+            model_diffs.extend(abs(a[i]["models"][k] - b[j]["models"][k]) for k in a[i]["models"] if k in b[j]["models"])
+        unmatched += (len(a) - len(used_a)) + (len(b) - len(used_b))
+    max_p = max(p_diffs) if p_diffs else 0.0
+    passed = not count_mismatch and unmatched == 0 and max_p <= tolerance and len(ours) > 0
+    return {"passed": passed, "tolerance": tolerance, "faces_ours": len(ours), "faces_naive": len(naive),
+            "frames_with_count_mismatch": count_mismatch[:10], "unmatched_faces": unmatched,
+            "min_box_iou": _r(min(ious)) if ious else None, "mean_box_iou": _r(np.mean(ious)) if ious else None,
+            "max_ensemble_p_diff": _r(max_p, 6), "mean_ensemble_p_diff": _r(np.mean(p_diffs), 6) if p_diffs else None,
+            "max_model_p_diff": _r(max(model_diffs), 6) if model_diffs else None}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Child processes (cold start; video + peak RSS)
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def child_main(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_import = time.perf_counter()
+    from faces import get_face_detector
+    from scoring import ScoringEngine
+    import_s = time.perf_counter() - t_import
+    t = time.perf_counter()
+    engine = ScoringEngine(args.models_dir)
+    engine_s = time.perf_counter() - t
+    t = time.perf_counter()
+    get_face_detector()
+    detector_s = time.perf_counter() - t
+    runtimes = {k: getattr(r, "runtime", "torch") for k, r in engine.runners.items()}
+    info = {"import_s": import_s, "engine_s": engine_s, "detector_s": detector_s, "cpu_s": cpu_seconds(),
+            "runtimes": runtimes, "models": engine.loaded_keys,
+            "exported": sorted(k for k, r in engine.runners.items() if getattr(r, "exported", False))}
+    if args.child == "cold":
+        print("READY " + json.dumps(info), flush=True)
+        return 0
+    # video + peak RSS: warm up on the image, reset the high-water mark, then analyse the video.
+    ours_image(Path(args.image), engine)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reset = _reset_peak_rss()
+    runs = median_runs(lambda: ours_video(Path(args.video), engine, args.frames), args.video_runs)
+    info.update({"video": {k: v for k, v in runs.items() if k != "result"}, "faces": runs["result"],
+                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                 "peak_rss_before_video_mb": rss_before,
+                 "peak_rss_during_video_mb": _vm_hwm_mb() if reset else None})
+    print("RESULT " + json.dumps(info), flush=True)
+    return 0
+
+
+def run_child(kind: str, args, models_dir: Path, extra_env: dict | None = None, extra_args=()) -> tuple[dict, float]:
+    """Run a child; returns (its JSON, wall seconds from Popen to its READY/RESULT line)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--models-dir", str(models_dir),
+           "--threads", str(args.threads or 0), *extra_args]
+    env = {**os.environ, **(extra_env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    marker = "READY " if kind == "cold" else "RESULT "
+    payload, wall = None, None
+    for line in proc.stdout:
+        if line.startswith(marker):
+            wall = time.perf_counter() - t0
+            payload = json.loads(line[len(marker):])
+    stderr = proc.stderr.read()
+    proc.wait()
+    if proc.returncode != 0 or payload is None:
+        raise RuntimeError(f"benchmark child {kind!r} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+    return payload, wall
+
+
+# ---------------------------------------------------------------------------------------------------
+def detection_sweep(video: Path, frames: int, sides=(1280, 640, 480)) -> dict:
+    """MTCNN cost per frame and faces found at several detection sizes (batched, like the pipeline)."""
+    from faces import get_face_detector
+    from pipeline import DETECTION_CHUNK
+    from video_processor import probe_video, read_frames, sample_frame_indices
+
+    info = probe_video(str(video))
+    decoded = read_frames(str(video), sample_frame_indices(info.frame_count, frames))
+    items = sorted(decoded.items())
+    detector = get_face_detector()
+    out, reference = {}, None
+    for side in sides:
+        found: list = []
+        with Measure() as m:
+            for start in range(0, len(items), DETECTION_CHUNK):
+                chunk = items[start:start + DETECTION_CHUNK]
+                found.extend(detector.detect([f for _, f in chunk], frame_indices=[i for i, _ in chunk], max_side=side))
+        counts = [len(f) for f in found]
+        row = {"wall_ms_per_frame": _r(1000 * m.wall / len(items), 1), "cpu_ms_per_frame": _r(1000 * m.cpu / len(items), 1),
+               "faces": sum(counts)}
+        if reference is None:
+            reference = found
+        else:
+            same = sum(len(a) == len(b) for a, b in zip(found, reference))
+            ious = [_iou(a[0].box, b[0].box) for a, b in zip(found, reference) if a and b]
+            row.update(frames_with_same_face_count=f"{same}/{len(items)}",
+                       min_iou_vs_first=_r(min(ious)) if ious else None)
+        out[str(side)] = row
+    return out
+
+
+def prepare_models(args) -> tuple[Path, str]:
+    from model_store import DEFAULT_MODELS_DIR, discover_manifests
+
+    if args.models_dir and not args.random_models:
+        return Path(args.models_dir), "given"
+    if not args.random_models and discover_manifests(DEFAULT_MODELS_DIR):
+        return DEFAULT_MODELS_DIR, "installed"
+    # Kept between runs (bench-output/ is ignored by git): same weights, so the ONNX cache is reused.
+    folder = OUT_DIR / f"random-models-{args.random_size}px"
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    if len(discover_manifests(folder)) < 5 or not (folder / "ensemble.json").exists():
+        tmp = Path(tempfile.mkdtemp(prefix=".random-models-", dir=OUT_DIR))
+        write_random_models(tmp, size=args.random_size)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    why = "--random-models" if args.random_models else "no installed models in converted_models/"
+    return folder, f"RANDOM WEIGHTS at {args.random_size} px ({why}): timings hold for that input size only"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run (3 s video, 10 frames, 2 runs)")
+    parser.add_argument("--runs", type=int, default=None, help="timed image runs (median; default 7, quick 2)")
+    parser.add_argument("--video-runs", type=int, default=None, help="timed video runs of ours (default 3, quick 1)")
+    parser.add_argument("--frames", type=int, default=None, help="frames analysed (default 100, quick 10)")
+    parser.add_argument("--video-seconds", type=float, default=None, help="video length (default 20, quick 3)")
+    parser.add_argument("--threads", type=int, default=0, help="torch/ONNX threads (default: torch's default)")
+    parser.add_argument("--tolerance", type=float, default=0.02, help="max |P(fake) ours - naive| per face")
+    parser.add_argument("--models-dir", default=None, help="converted models (default: converted_models/)")
+    parser.add_argument("--random-models", action="store_true", help="use random-weight models even if installed")
+    parser.add_argument("--random-size", type=int, default=RANDOM_MODEL_SIZE)
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline (no ratios)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the MTCNN detection-size sweep")
+    parser.add_argument("--out", default=str(OUT_DIR / "benchmark.json"))
+    parser.add_argument("--media-dir", default=str(OUT_DIR / "media"), help="where the test image/video are made")
+    parser.add_argument("--child", choices=["cold", "video"], help=argparse.SUPPRESS)
+    parser.add_argument("--image", help=argparse.SUPPRESS)
+    parser.add_argument("--video", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    q = args.quick
+    args.runs = args.runs or (2 if q else 7)
+    args.video_runs = args.video_runs or (1 if q else 3)
+    args.frames = args.frames or (10 if q else 100)
+    args.video_seconds = args.video_seconds or (3.0 if q else 20.0)
+    if args.child:
+        return child_main(args)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    out_path = Path(args.out)
+    media_dir = Path(args.media_dir)
+    print(f"deepfake-studio benchmark ({'quick' if q else 'full'}) on {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, {threads} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
+    models_dir, models_source = prepare_models(args)
+    print(f"models: {models_source} ({models_dir})", flush=True)
+    image = make_image(media_dir / "astronaut.jpg")
+    t = time.perf_counter()
+    video = make_video(media_dir / f"moving_face_{args.video_seconds:g}s_720p.mp4", args.video_seconds)
+    print(f"video: {video} ({time.perf_counter() - t:.1f} s to make or check)", flush=True)
+
+    from faces import get_face_detector
+    from scoring import ScoringEngine
+
+    results: dict = {"command": " ".join([Path(sys.executable).name, "benchmark.py", *(argv or sys.argv[1:])]),
+                     "mode": "quick" if q else "full", "models": models_source, "models_dir": str(models_dir),
+                     "machine": {"cores": os.cpu_count(), "threads": threads, "processor": platform.processor(),
+                                 "python": platform.python_version(), "torch": torch.__version__,
+                                 "load_average_start": list(os.getloadavg())},
+                     "workloads": {"image": str(image), "video": str(video),
+                                   "video_seconds": args.video_seconds, "video_size": "1280x720", "fps": 25,
+                                   "frames_analysed": args.frames, "image_runs": args.runs,
+                                   "video_runs_ours": args.video_runs, "video_runs_naive": 1}}
+    figures: dict = {}
+
+    # Engine in this process (fills the ONNX cache, so the cold start below finds it).
+    with Measure() as m:
+        engine = ScoringEngine(models_dir)
+        get_face_detector()
+    runtimes = {k: getattr(r, "runtime", "torch") for k, r in engine.runners.items()}
+    print(f"engine ready in {m.wall:.1f} s (runtimes: {runtimes})", flush=True)
+    results["runtimes"] = runtimes
+
+    # (a) image, ours
+    ours_image(image, engine)                                     # warm-up
+    img = median_runs(lambda: ours_image(image, engine), args.runs)
+    figures.update(image_s=img["wall_s"], image_cpu_s=img["cpu_s"])
+    results["image_ours"] = {k: v for k, v in img.items() if k != "result"}
+    print(f"(a) image, ours:  {img['wall_s']:.3f} s wall, {img['cpu_s']:.3f} s CPU (median of {args.runs})", flush=True)
+
+    # (c) cold start (child processes)
+    cold, wall = run_child("cold", args, models_dir)
+    figures.update(cold_start_s=wall, cold_start_child=cold)
+    print(f"(c) cold start:   {wall:.2f} s wall (imports {cold['import_s']:.2f}, engine {cold['engine_s']:.2f}, "
+          f"detector {cold['detector_s']:.2f}; {cold['cpu_s']:.2f} s CPU)", flush=True)
+    if not q:
+        with tempfile.TemporaryDirectory(prefix="dfstudio-onnx-") as empty_cache:
+            first, wall = run_child("cold", args, models_dir, extra_env={"DFSTUDIO_ONNX_CACHE": empty_cache})
+        figures.update(first_start_s=wall, first_start_child=first)
+        print(f"    first start (empty ONNX cache, exports {len(first['exported'])} models): {wall:.2f} s", flush=True)
+
+    # (b) + (d) video in a fresh process
+    vid, wall = run_child("video", args, models_dir,
+                          extra_args=["--image", str(image), "--video", str(video), "--frames", str(args.frames),
+                                      "--video-runs", str(args.video_runs)])
+    figures.update(video_s=vid["video"]["wall_s"], video_cpu_s=vid["video"]["cpu_s"],
+                   peak_rss_mb=vid["peak_rss_mb"], peak_rss_during_video_mb=vid["peak_rss_during_video_mb"])
+    results["video_ours"] = {k: v for k, v in vid.items() if k != "faces"}
+    print(f"(b) video, ours:  {vid['video']['wall_s']:.2f} s wall, {vid['video']['cpu_s']:.2f} s CPU "
+          f"({len(vid['faces'])} faces in {args.frames} frames; median of {args.video_runs})", flush=True)
+    print(f"(d) peak RSS:     {vid['peak_rss_mb']:.0f} MB (process), "
+          f"{vid['peak_rss_during_video_mb'] or float('nan'):.0f} MB during the video", flush=True)
+
+    ok = True
+    if not args.no_naive:
+        naive = Naive(models_dir, engine)
+        naive.image(image)                                        # warm-up
+        nimg = median_runs(lambda: naive.image(image), args.runs)
+        figures.update(naive_image_s=nimg["wall_s"], naive_image_cpu_s=nimg["cpu_s"])
+        results["image_naive"] = {k: v for k, v in nimg.items() if k != "result"}
+        print(f"(a) image, naive: {nimg['wall_s']:.3f} s wall, {nimg['cpu_s']:.3f} s CPU", flush=True)
+        nvid = median_runs(lambda: naive.video(video, args.frames), 1)
+        figures.update(naive_video_s=nvid["wall_s"], naive_video_cpu_s=nvid["cpu_s"])
+        results["video_naive"] = {k: v for k, v in nvid.items() if k != "result"}
+        print(f"(b) video, naive: {nvid['wall_s']:.2f} s wall, {nvid['cpu_s']:.2f} s CPU", flush=True)
+        figures.update(image_speedup=nimg["wall_s"] / img["wall_s"], image_speedup_cpu=nimg["cpu_s"] / img["cpu_s"],
+                       video_speedup=nvid["wall_s"] / figures["video_s"],
+                       video_speedup_cpu=nvid["cpu_s"] / figures["video_cpu_s"])
+        agree_img = compare(img["result"], nimg["result"], args.tolerance)
+        agree_vid = compare(vid["faces"], nvid["result"], args.tolerance)
+        results["agreement"] = {"image": agree_img, "video": agree_vid,
+                                "passed": agree_img["passed"] and agree_vid["passed"]}
+        ok = results["agreement"]["passed"]
+        print(f"naive/ours: image {figures['image_speedup']:.1f}x wall ({figures['image_speedup_cpu']:.1f}x CPU), "
+              f"video {figures['video_speedup']:.1f}x wall ({figures['video_speedup_cpu']:.1f}x CPU)", flush=True)
+        for name, a in (("image", agree_img), ("video", agree_vid)):
+            print(f"agreement {name}: {'OK' if a['passed'] else 'FAILED'} - faces {a['faces_ours']} vs {a['faces_naive']}, "
+                  f"count mismatches {len(a['frames_with_count_mismatch'])}, min box IoU {a['min_box_iou']}, "
+                  f"max |dP| {a['max_ensemble_p_diff']} (tolerance {a['tolerance']})", flush=True)
+
+    if not q and not args.no_sweep:
+        results["detection_sweep"] = detection_sweep(video, args.frames)
+        for side, row in results["detection_sweep"].items():
+            print(f"MTCNN at {side:>4} px: {row}", flush=True)
+
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    shares = [x for x in (img.get("others_cpu_share"), vid["video"].get("others_cpu_share")) if x is not None]
+    busy = max(shares) if shares else None
+    results["machine"]["others_cpu_share"] = busy
+    if busy is not None and busy > 0.1:
+        results["machine"]["warning"] = (f"other processes used {busy:.0%} of the machine's CPU during the runs: wall "
+                                         f"times are inflated; compare the CPU-second figures, rerun on an idle machine")
+        print("WARNING: " + results["machine"]["warning"], flush=True)
+    figures = {k: (_r(v) if isinstance(v, float) else v) for k, v in figures.items()}
+    results["figures"] = figures
+    results["targets"] = {k: {"target": v, "value": figures.get(k),
+                              "met": (figures.get(k) is not None and
+                                      (figures[k] >= v if k.endswith("speedup") else figures[k] <= v))}
+                          for k, v in TARGETS.items()}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out_path}")
+    for k, t in results["targets"].items():
+        print(f"  target {k}: {t['value']} vs {t['target']} -> {'met' if t['met'] else 'NOT met'}")
+    if not ok:
+        print("FAILED: ours and the naive baseline disagree (see 'agreement' in the JSON)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

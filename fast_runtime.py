@@ -1,0 +1,330 @@
+"""Fast CPU inference: each converted model exported once to ONNX and run with ONNX Runtime.
+
+`ScoringEngine._runner_for` (scoring.py) tries `OnnxRunner(loaded)` first and falls back to eager
+PyTorch on *any* exception, so everything here raises rather than return something doubtful:
+
+* Export: fp32, from `loaded.model`, with a dynamic batch axis. The TorchScript-based exporter
+  (`dynamo=False`) is tried first: it exports all five architectures here (timm Xception,
+  EfficientNet-B3 and Swin, and the two custom transformer models), while the default dynamo
+  exporter of torch 2.9+ needs the `onnxscript` package, which the project does not install. Should
+  a future torch drop the TorchScript exporter, the dynamo exporter is tried next.
+* Cache: `<cache>/<key>-<input size>px-<weights sha256>-<arch hash>.onnx`, outside git
+  (env DFSTUDIO_ONNX_CACHE, default ~/.cache/deepfake-studio/onnx/), written atomically (temp file +
+  os.replace) under a file lock. Next to it, `<same>.onnx.json` records the SHA-256 of the .onnx
+  bytes and what they were exported from. A cached file is used only if its bytes hash to the
+  recorded value and the record matches the model (weights sha256, input size, architecture args,
+  opset); the session is built from the very bytes that were hashed. Anything else (missing or
+  corrupt record, truncated or modified .onnx, mismatch) is logged and the file is rebuilt.
+* Check: every construction (fresh export or cache hit) compares ONNX Runtime's logits with the
+  torch model's on a fixed random batch; a difference above `ATOL + RTOL*|torch|` (1e-3 each)
+  rebuilds a cached file once, and raises for a fresh export, so the engine uses torch instead.
+* Run: `InferenceSession.run` is thread-safe, so one session per model serves all threads.
+  intra-op threads = torch.get_num_threads() (or os.cpu_count()), graph optimisation ALL.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_store import LoadedModel, atomic_write_json
+
+log = logging.getLogger("fast_runtime")
+
+CACHE_ENV = "DFSTUDIO_ONNX_CACHE"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "deepfake-studio" / "onnx"
+OPSET = 17
+EXPORT_VERSION = 1          # bump when the export recipe changes: old cache entries are then ignored
+ATOL = 1e-3                 # ONNX vs torch logits: |onnx - torch| <= ATOL + RTOL * |torch|
+RTOL = 1e-3
+EXPORT_BATCH = 1            # images in the dummy batch the exporter traces
+CHECK_BATCH = 2             # images in the check batch: differs, so a batch size baked into the graph fails
+# Images per ONNX Runtime call: 8 at 128 px (measured fastest per image on this CPU: batch 8 beat 1 and
+# 32 by 10-40 %, docs/performance.md), fewer for larger inputs (same pixels per call, bounded memory).
+BATCH_PIXELS = 8 * 128 * 128
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+# Counts exports in this process (tests use it to prove that a cached file was reused).
+EXPORT_COUNT = 0
+
+
+class OnnxUnavailable(RuntimeError):
+    """This model cannot run through ONNX Runtime; the engine then uses torch."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def _arch_hash(loaded: LoadedModel) -> str:
+    arch = loaded.manifest.get("architecture") or {}
+    blob = json.dumps({"name": arch.get("name"), "args": arch.get("args", {}), "opset": OPSET,
+                       "export_version": EXPORT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_paths(loaded: LoadedModel, directory: Path | None = None) -> tuple[Path, Path]:
+    """(.onnx, .onnx.json) for this model: keyed by weights sha256, input size and architecture."""
+    sha = str(loaded.manifest["sha256"])
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
+        raise OnnxUnavailable(f"{loaded.key}: manifest sha256 is not a hex digest")
+    stem = f"{loaded.key}-{loaded.input_size}px-{sha.lower()}-{_arch_hash(loaded)}"
+    directory = directory or cache_dir()
+    return directory / f"{stem}.onnx", directory / f"{stem}.onnx.json"
+
+
+def _record_for(loaded: LoadedModel) -> dict:
+    """What a cache record must say for its .onnx to be used for `loaded`."""
+    arch = loaded.manifest.get("architecture") or {}
+    return {"key": loaded.key, "weights_sha256": str(loaded.manifest["sha256"]).lower(),
+            "input_size": loaded.input_size, "architecture": arch.get("name"), "args": arch.get("args", {}),
+            "opset": OPSET, "export_version": EXPORT_VERSION}
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive lock (one per cache folder) so that two processes starting at once do not export
+    the same model twice or read a file while the other replaces it."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: atomic replace alone keeps the cache consistent
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _export_bytes(model: torch.nn.Module, size: int) -> tuple[bytes, str]:
+    """ONNX bytes of `model` (fp32, batch axis dynamic) and the exporter that made them."""
+    model = model.eval()
+    dummy = torch.zeros(EXPORT_BATCH, 3, size, size, dtype=torch.float32)
+    errors = []
+    for dynamo in (False, True):
+        buf = io.BytesIO()
+        try:
+            # Not under no_grad/inference_mode: there nn.TransformerEncoderLayer takes its fused
+            # fast path (aten::_transformer_encoder_layer_fwd), which has no ONNX export.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=OPSET,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              do_constant_folding=True, dynamo=dynamo)
+                if dynamo:
+                    kwargs.update(external_data=False)
+                torch.onnx.export(model, (dummy,), buf, **kwargs)
+            data = buf.getvalue()
+            if data:
+                return data, "torchscript" if not dynamo else "dynamo"
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter wrote nothing")
+        except Exception as exc:  # noqa: BLE001 - reported below, the engine falls back to torch
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    raise OnnxUnavailable("ONNX export failed (" + "; ".join(errors) + ")")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim; a no-op elsewhere).
+
+    Exporting, loading and each analysis (MTCNN's large temporaries) leave freed memory in the heap
+    that glibc keeps: trimmed, RSS after a 100-frame video fell from 2.2 GB to 1.4-1.8 GB."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _session_options():
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = max(1, int(torch.get_num_threads() or os.cpu_count() or 1))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    # No per-session memory arena: with five sessions each arena keeps its largest run's activations
+    # for good. Without it the video's peak RSS fell by ~240 MB at equal speed (docs/performance.md).
+    so.enable_cpu_mem_arena = False
+    # Worker threads that spin after a run would take CPU from MTCNN/decoding (and from other
+    # processes) on a 2-core machine; measured no slower without spinning (docs/performance.md).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def _max_excess(onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
+    """max(|onnx - torch| - RTOL*|torch|); <= ATOL means equal within tolerance (inf if not finite)."""
+    if onnx_out.shape != torch_out.shape or not np.all(np.isfinite(onnx_out)):
+        return float("inf")
+    return float(np.max(np.abs(onnx_out - torch_out) - RTOL * np.abs(torch_out)))
+
+
+class OnnxRunner:
+    """One converted model as an ONNX Runtime session (CPU); `logits(batch)` like TorchRunner's."""
+
+    runtime = "onnx"
+
+    def __init__(self, loaded: LoadedModel, directory: str | os.PathLike | None = None):
+        import onnxruntime as ort  # noqa: F401 - fail early (-> torch fallback) if it is missing
+
+        self.key = loaded.key
+        self.input_size = loaded.input_size
+        self.batch_size = max(1, BATCH_PIXELS // (loaded.input_size * loaded.input_size))
+        self.onnx_path, self.record_path = cache_paths(loaded, Path(directory) if directory else None)
+        self.exported = False          # True when this construction exported (cache miss or rebuild)
+        self.cache_problem = ""        # why a cached file was not used, if it was not
+        self.timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        self._check_input = torch.randn(CHECK_BATCH, 3, loaded.input_size, loaded.input_size,
+                                        generator=torch.Generator().manual_seed(1234))
+        with torch.inference_mode():
+            self._check_expected = loaded.model.eval()(self._check_input).float().reshape(-1).numpy()
+        self.timings["torch_check_s"] = time.perf_counter() - t0
+
+        with _file_lock(self.onnx_path.parent / ".lock"):
+            session = self._from_cache(loaded)
+            if session is None:
+                session = self._export_and_cache(loaded)
+        self.session = session
+        release_free_memory()
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.timings["total_s"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------------------------------------
+    def _verified_session(self, data: bytes | str):
+        """A session for `data` (bytes or path) if it matches torch's outputs on the check batch, else None."""
+        import onnxruntime as ort
+
+        t0 = time.perf_counter()
+        session = ort.InferenceSession(data, _session_options(), providers=["CPUExecutionProvider"])
+        self.timings["session_s"] = self.timings.get("session_s", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = session.run(None, {session.get_inputs()[0].name: self._check_input.numpy()})[0]
+        out = np.asarray(out, dtype=np.float32).reshape(-1)
+        self.timings["onnx_check_s"] = self.timings.get("onnx_check_s", 0.0) + time.perf_counter() - t0
+        self.max_abs_diff = float(np.max(np.abs(out - self._check_expected))) if out.shape == self._check_expected.shape else float("inf")
+        excess = _max_excess(out, self._check_expected)
+        if not excess <= ATOL:
+            self.cache_problem = (f"ONNX output differs from torch (max |diff| {self.max_abs_diff:.3g} > "
+                                  f"{ATOL:g} + {RTOL:g}*|torch|)")
+            return None
+        return session
+
+    def _from_cache(self, loaded: LoadedModel):
+        if not self.onnx_path.exists():
+            return None
+        t0 = time.perf_counter()
+        try:
+            record = json.loads(self.record_path.read_text(encoding="utf-8"))
+            digest = _sha256_of(self.onnx_path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.cache_problem = f"cache record unreadable ({type(exc).__name__})"
+            return self._discard()
+        if not isinstance(record, dict):
+            self.cache_problem = "cache record is not a JSON object"
+            return self._discard()
+        expected = _record_for(loaded)
+        if any(record.get(k) != v for k, v in expected.items()):
+            self.cache_problem = "cache record does not match this model"
+            return self._discard()
+        if digest != record.get("onnx_sha256"):
+            self.cache_problem = "cached .onnx does not match its recorded SHA-256 (modified or incomplete)"
+            return self._discard()
+        self.timings["cache_read_s"] = time.perf_counter() - t0
+        try:
+            # From the path (no second copy of the bytes in memory). The file was hashed under the
+            # cache lock, which every writer takes, and the torch check runs on what ORT loaded.
+            session = self._verified_session(str(self.onnx_path))
+        except Exception as exc:  # noqa: BLE001 - ORT refused the file: rebuild
+            self.cache_problem = f"ONNX Runtime could not load the cached file ({type(exc).__name__})"
+            session = None
+        if session is None:
+            return self._discard()
+        return session
+
+    def _discard(self):
+        log.warning("%s: %s: %s; rebuilding", self.key, self.onnx_path, self.cache_problem)
+        for path in (self.onnx_path, self.record_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return None
+
+    def _export_and_cache(self, loaded: LoadedModel):
+        global EXPORT_COUNT
+        t0 = time.perf_counter()
+        data, exporter = _export_bytes(loaded.model, loaded.input_size)
+        EXPORT_COUNT += 1
+        self.exported = True
+        self.timings["export_s"] = time.perf_counter() - t0
+        try:
+            session = self._verified_session(data)
+        except Exception as exc:  # noqa: BLE001
+            raise OnnxUnavailable(f"{self.key}: ONNX Runtime cannot load the export ({type(exc).__name__}: {exc})") from None
+        if session is None:
+            raise OnnxUnavailable(f"{self.key}: {self.cache_problem}")
+        record = {**_record_for(loaded), "onnx_sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                  "exporter": exporter, "torch": torch.__version__, "max_abs_diff_vs_torch": self.max_abs_diff,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            self._write_atomic(data)
+            atomic_write_json(self.record_path, record)
+        except OSError as exc:  # a read-only cache only costs the next start another export
+            log.warning("%s: could not cache %s (%s)", self.key, self.onnx_path, exc)
+        return session
+
+    def _write_atomic(self, data: bytes) -> None:
+        self.onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.onnx_path.name}.", suffix=".tmp", dir=self.onnx_path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.onnx_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # ---------------------------------------------------------------------------------------------
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Raw logits (N,) for a normalised NCHW float32 batch; safe to call from several threads."""
+        x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        outs = []
+        for start in range(0, x.shape[0], self.batch_size):
+            part = x[start:start + self.batch_size]
+            out = self.session.run([self.output_name], {self.input_name: part})[0]
+            outs.append(np.asarray(out, dtype=np.float32).reshape(-1))
+        out = np.concatenate(outs) if outs else np.zeros(0, np.float32)
+        if out.shape[0] != x.shape[0]:
+            raise RuntimeError(f"{self.key}: ONNX model returned {out.shape[0]} logits for {x.shape[0]} images")
+        return out
+
+
+__all__ = ["OnnxRunner", "OnnxUnavailable", "cache_dir", "cache_paths", "release_free_memory", "CACHE_ENV"]
