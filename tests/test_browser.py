@@ -158,6 +158,9 @@ def run_photo_then_video(page, astronaut_jpg, tmp_path, astronaut):
     page.get_by_text("Face 1", exact=True).first.wait_for(timeout=ANALYSIS_MS)
     wait_until_idle(page)
     expect(page.get_by_text(re.compile(r"Verdict: (FAKE|REAL)")).first).to_be_visible()
+    # Streamlit paints metrics and images after the verdict box: wait for them, not a fixed time.
+    page.get_by_text("Faces found").first.wait_for(timeout=ANALYSIS_MS)
+    expect(page.locator('[data-testid="stImage"] img').nth(1)).to_be_attached(timeout=ANALYSIS_MS)
     body = page.inner_text("body")
     assert "Faces found" in body and "Ensemble:" in body and "Face 2" not in body
     for title in ("Xception", "EfficientNet-B3", "Swin Transformer", "Cross-Attention", "CNN-Transformer"):
@@ -176,6 +179,7 @@ def run_photo_then_video(page, astronaut_jpg, tmp_path, astronaut):
     page.get_by_text("Person 1", exact=True).first.wait_for(timeout=ANALYSIS_MS)
     wait_until_idle(page)
     expect(page.get_by_text(re.compile(r"Verdict: (FAKE|REAL)")).first).to_be_visible()
+    page.get_by_text("Statistics over the frames").first.wait_for(timeout=ANALYSIS_MS)
     body = page.inner_text("body")
     assert "Over time" in body and "Statistics over the frames" in body and "20 of 20" in body
     page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for()
