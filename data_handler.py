@@ -163,7 +163,9 @@ def load_split(records: pd.DataFrame, split: str, size: int, cache_dir: str | os
         images = np.stack([img for img in images_list if img is not None]) if keep.any() else \
             np.zeros((0, size, size, 3), np.uint8)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        # Per-process temporary name: under torchrun every rank may build the same cache at once;
+        # os.replace makes the last complete write win, and no reader ever sees a partial file.
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, images=images, keep=keep)
         os.replace(tmp, cache)
     skipped = int((~keep).sum())
