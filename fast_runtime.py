@@ -13,13 +13,16 @@ PyTorch on *any* exception, so everything here raises rather than return somethi
   os.replace) under a file lock. Next to it, `<same>.onnx.json` records the SHA-256 of the .onnx
   bytes and what they were exported from. A cached file is used only if its bytes hash to the
   recorded value and the record matches the model (weights sha256, input size, architecture args,
-  opset); the session is built from the very bytes that were hashed. Anything else (missing or
-  corrupt record, truncated or modified .onnx, mismatch) is logged and the file is rebuilt.
+  opset); hashing and loading happen under the cache lock that every writer takes. Anything else
+  (missing or corrupt record, truncated or modified .onnx, mismatch) is logged and the file rebuilt.
+  After an export the 4 newest exports per model key are kept, older ones pruned.
 * Check: every construction (fresh export or cache hit) compares ONNX Runtime's logits with the
   torch model's on a fixed random batch; a difference above `ATOL + RTOL*|torch|` (1e-3 each)
   rebuilds a cached file once, and raises for a fresh export, so the engine uses torch instead.
 * Run: `InferenceSession.run` is thread-safe, so one session per model serves all threads.
-  intra-op threads = torch.get_num_threads() (or os.cpu_count()), graph optimisation ALL.
+  intra-op threads = torch.get_num_threads() (or os.cpu_count()), no spinning, graph optimisation
+  ALL, at most 8 images of 128 px per call (fastest per image), one memory arena shared by all
+  sessions. Measurements behind each choice: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -42,7 +46,6 @@ from model_store import LoadedModel, atomic_write_json
 log = logging.getLogger("fast_runtime")
 
 CACHE_ENV = "DFSTUDIO_ONNX_CACHE"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "deepfake-studio" / "onnx"
 OPSET = 17
 EXPORT_VERSION = 1          # bump when the export recipe changes: old cache entries are then ignored
 ATOL = 1e-3                 # ONNX vs torch logits: |onnx - torch| <= ATOL + RTOL * |torch|
@@ -55,6 +58,7 @@ BATCH_PIXELS = 8 * 128 * 128
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
+KEEP_PER_MODEL = 4          # cached exports kept per model key (other weights or sizes); older ones pruned
 # Counts exports in this process (tests use it to prove that a cached file was reused).
 EXPORT_COUNT = 0
 
@@ -64,7 +68,13 @@ class OnnxUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+    """$DFSTUDIO_ONNX_CACHE, else ~/.cache/deepfake-studio/onnx (outside the repository)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    try:
+        return Path.home() / ".cache" / "deepfake-studio" / "onnx"
+    except RuntimeError:  # no home directory: a per-user folder in the temp dir
+        return Path(tempfile.gettempdir()) / f"deepfake-studio-onnx-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def _arch_hash(loaded: LoadedModel) -> str:
@@ -101,8 +111,14 @@ def _file_lock(path: Path):
     except ImportError:  # not on POSIX: atomic replace alone keeps the cache consistent
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")
+    except OSError as exc:  # read-only cache: reading a valid file or exporting in memory still works
+        log.warning("ONNX cache lock %s unavailable (%s)", path, exc)
+        yield
+        return
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -159,6 +175,27 @@ def release_free_memory() -> None:
         pass
 
 
+_SHARED_ARENA: bool | None = None
+_SHARED_ARENA_LOCK = threading.Lock()
+
+
+def _shared_arena() -> bool:
+    """Register (once per process) a CPU arena allocator that sessions can share; False if unsupported."""
+    global _SHARED_ARENA
+    with _SHARED_ARENA_LOCK:
+        if _SHARED_ARENA is None:
+            try:
+                import onnxruntime as ort
+
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's defaults
+                _SHARED_ARENA = True
+            except Exception as exc:  # noqa: BLE001 - older/other builds: one arena-less session each
+                log.info("no shared ONNX Runtime arena (%s)", exc)
+                _SHARED_ARENA = False
+        return _SHARED_ARENA
+
+
 def _session_options():
     import onnxruntime as ort
 
@@ -168,9 +205,15 @@ def _session_options():
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    # No per-session memory arena: with five sessions each arena keeps its largest run's activations
-    # for good. Without it the video's peak RSS fell by ~240 MB at equal speed (docs/performance.md).
-    so.enable_cpu_mem_arena = False
+    # One memory arena shared by all sessions instead of one each: five arenas each keep their model's
+    # largest activations for good (peak RSS of a 100-frame video 1.84-1.93 GB); no arena re-allocates
+    # every run (1.54-1.56 GB, models 3.2 s per 100 faces); shared: 1.57-1.62 GB, models 2.6-3.0 s
+    # (docs/performance.md).
+    if _shared_arena():
+        so.enable_cpu_mem_arena = True
+        so.add_session_config_entry("session.use_env_allocators", "1")
+    else:
+        so.enable_cpu_mem_arena = False
     # Worker threads that spin after a run would take CPU from MTCNN/decoding (and from other
     # processes) on a 2-core machine; measured no slower without spinning (docs/performance.md).
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -294,9 +337,21 @@ class OnnxRunner:
         try:
             self._write_atomic(data)
             atomic_write_json(self.record_path, record)
+            self._prune()
         except OSError as exc:  # a read-only cache only costs the next start another export
             log.warning("%s: could not cache %s (%s)", self.key, self.onnx_path, exc)
         return session
+
+    def _prune(self) -> None:
+        """Keep the KEEP_PER_MODEL newest exports of this model key (older weights' files go)."""
+        mine = sorted(self.onnx_path.parent.glob(f"{self.key}-*px-*.onnx"),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in mine[KEEP_PER_MODEL:]:
+            if old == self.onnx_path:
+                continue
+            for path in (old, old.with_name(old.name + ".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _write_atomic(self, data: bytes) -> None:
         self.onnx_path.parent.mkdir(parents=True, exist_ok=True)

@@ -184,3 +184,31 @@ def test_runner_is_thread_safe(loaded_models, runners):
     assert not errors
     for i, exp in enumerate(expected):
         np.testing.assert_allclose(results[i], exp, atol=1e-6)
+
+
+def test_unwritable_cache_still_runs_onnx(loaded_models, tmp_path):
+    """A cache folder that cannot be created: export in memory, run, cache nothing."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    loaded = loaded_models["efficientnet"]
+    runner = OnnxRunner(loaded, directory=blocker / "onnx")
+    assert runner.exported
+    batch = torch.randn(2, 3, loaded.input_size, loaded.input_size)
+    np.testing.assert_allclose(runner.logits(batch), torch_logits(loaded, batch), atol=TOL, rtol=TOL)
+
+
+def test_cache_keeps_a_bounded_number_of_exports_per_model(loaded_models, tmp_path, monkeypatch):
+    loaded = loaded_models["efficientnet"]
+    for i in range(3):  # stale exports of other weights of the same model, oldest first
+        stale = tmp_path / f"efficientnet-64px-{i:064x}-abc.onnx"
+        stale.write_bytes(b"old")
+        stale.with_name(stale.name + ".json").write_text("{}")
+        fast_runtime.os.utime(stale, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / "cnn_transformer-64px-x.onnx").write_bytes(b"other model: never pruned here")
+    monkeypatch.setattr(fast_runtime, "KEEP_PER_MODEL", 2)
+    runner = OnnxRunner(loaded, directory=tmp_path)
+    kept = sorted(p.name for p in tmp_path.glob("efficientnet-*.onnx"))
+    assert runner.onnx_path.name in kept and len(kept) == 2
+    assert f"efficientnet-64px-{2:064x}-abc.onnx" in kept                       # the newest stale one
+    assert not (tmp_path / f"efficientnet-64px-{0:064x}-abc.onnx.json").exists()
+    assert (tmp_path / "cnn_transformer-64px-x.onnx").exists()
