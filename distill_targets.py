@@ -25,7 +25,7 @@ def checkpoint_logits(checkpoint: str, images: np.ndarray, batch_size: int = 128
     model = spec.build(config["input_size"], pretrained=False, **config.get("arch_args", {}))
     model.load_state_dict(ckpt["model"])
     model.eval()
-    transform = data_handler.eval_transform(config["input_size"], spec.mean, spec.std)
+    transform = data_handler.eval_transform(config["input_size"], *spec.normalisation(config.get("arch_args")))
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)

