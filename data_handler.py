@@ -189,12 +189,45 @@ def eval_transform(input_size: int, mean, std) -> v2.Compose:
     ])
 
 
+class BoxJitter:
+    """Re-cut a face crop as if the detector had found a slightly different box, then resize it with
+    one of the two filters that inference uses (bilinear or bicubic, antialiased).
+
+    The same face found on a downscaled frame, or in the next frame, gives a box shifted by a few
+    per cent and a few per cent larger or smaller; a detector trained on one exact geometry changes
+    its score with it (issue 11). The crop's centre moves by up to `shift` of its side and the side
+    scales by 1 +- `scale`; where a larger box leaves the crop, the border is mirrored (the training
+    crops are tight, so there is nothing beyond them)."""
+
+    def __init__(self, size: int, shift: float = 0.08, scale: float = 0.10):
+        self.size, self.shift, self.scale = size, shift, scale
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        _, h, w = image.shape
+        side = min(h, w) * (1.0 + float(torch.empty(1).uniform_(-self.scale, self.scale)))
+        cx = w / 2 + float(torch.empty(1).uniform_(-self.shift, self.shift)) * side
+        cy = h / 2 + float(torch.empty(1).uniform_(-self.shift, self.shift)) * side
+        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+        side_px = max(int(round(side)), 8)
+        pad = max(0, -left, -top, left + side_px - w, top + side_px - h)
+        if pad:
+            pad = min(pad, min(h, w) - 1)  # reflect padding cannot exceed the image
+            image = v2.functional.pad(image, [pad, pad, pad, pad], padding_mode="reflect")
+            left, top = left + pad, top + pad
+        image = v2.functional.crop(image, top, left, side_px, side_px)
+        interpolation = (v2.InterpolationMode.BILINEAR if torch.rand(1).item() < 0.5
+                         else v2.InterpolationMode.BICUBIC)
+        out = v2.functional.resize(image, [self.size, self.size], interpolation=interpolation, antialias=True)
+        return out.clamp_(0, 255) if out.is_floating_point() else out
+
+
 def train_transform(input_size: int, mean, std) -> v2.Compose:
-    """Augmentations that keep the manipulation traces learnable: mild geometry, colour, and the
-    JPEG re-compression and blur that real uploads go through."""
+    """Augmentations that keep the manipulation traces learnable: crops as a detector cuts them
+    (box jitter, both resize filters), mild colour, and the JPEG re-compression and blur that real
+    uploads go through."""
     return v2.Compose([
         v2.RandomHorizontalFlip(),
-        v2.RandomResizedCrop((input_size, input_size), scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+        BoxJitter(input_size),
         v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
         v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3),
         v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.2))], p=0.2),

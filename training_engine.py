@@ -56,6 +56,9 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
                    help="early stopping: epochs without a better validation loss")
     p.add_argument("--lr-patience", type=int, default=defaults.get("lr_patience", 2),
                    help="ReduceLROnPlateau patience (epochs)")
+    p.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 0),
+                   help="linear learning-rate warm-up over this many optimiser steps (0: none); helps "
+                        "transformers from scratch and keeps a pretrained body from being shaken at the start")
     p.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm (0 disables)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop after the epoch that would overrun this many minutes of this run")
@@ -136,6 +139,11 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def warmup_lr(target: float, step: int, steps: int) -> float:
+    """Learning rate at optimiser step `step` (from 0) of a linear warm-up to `target` over `steps`."""
+    return target if steps <= 0 else target * min(1.0, (step + 1) / steps)
+
+
 class Trainer:
     def __init__(self, args):
         self.args = args
@@ -177,11 +185,12 @@ class Trainer:
             teacher = np.array([by_path.get(p, np.nan) for p in train.paths], np.float32)
             log.info("distilling from %s (%d/%d train images have teacher logits)",
                      a.teacher, int(np.isfinite(teacher).sum()), len(teacher))
+        mean, std = self.spec.normalisation(self.arch_args)
         self.train_set = data_handler.FaceCropDataset(
-            train, data_handler.train_transform(a.input_size, self.spec.mean, self.spec.std),
+            train, data_handler.train_transform(a.input_size, mean, std),
             sbi_probability=a.sbi, seed=a.seed, teacher_logits=teacher)
         self.val_set = data_handler.FaceCropDataset(
-            val, data_handler.eval_transform(a.input_size, self.spec.mean, self.spec.std))
+            val, data_handler.eval_transform(a.input_size, mean, std))
         self.n_train, self.n_val = len(train.labels), len(val.labels)
 
     def _train_loader(self, epoch: int) -> DataLoader:
@@ -264,6 +273,7 @@ class Trainer:
         total, count, correct = 0.0, 0, 0
         start = time.time()
         for step, (images, labels, teacher) in enumerate(loader):
+            self._warm_up(epoch * len(loader) + step)
             images = images.to(self.device, non_blocking=True)
             if self.cuda:
                 images = images.to(memory_format=torch.channels_last)
@@ -291,6 +301,16 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
         return {"train_loss": total / max(count, 1), "train_accuracy": correct / max(count, 1),
                 "train_images_per_s": count * self.world / max(time.time() - start, 1e-9)}
+
+    def _warm_up(self, global_step: int) -> None:
+        """Linear warm-up of every parameter group's learning rate over the first --warmup-steps
+        steps; the target rate is kept in the group so a resumed run warms up to the same value."""
+        steps = self.args.warmup_steps
+        if not steps or global_step > steps:
+            return
+        for group in self.optimizer.param_groups:
+            target = group.setdefault("warmup_target_lr", group["lr"])
+            group["lr"] = warmup_lr(target, global_step, steps)
 
     @torch.no_grad()
     def predict_val(self) -> tuple[np.ndarray, np.ndarray]:
@@ -451,7 +471,7 @@ class Trainer:
         return {"model": a.model, "input_size": a.input_size, "arch_args": self.arch_args,
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
-                "weight_decay": a.weight_decay, "pretrained": a.pretrained, "sbi": a.sbi,
+                "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
                 "teacher": a.teacher, "seed": a.seed, "world_size": self.world,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 

@@ -84,3 +84,26 @@ def test_sbi_relabels_some_reals_as_fake():
                                       sbi_probability=0.5)
     labels = [float(ds[i][1]) for i in range(40)]
     assert 8 <= sum(labels) <= 32
+
+
+def test_box_jitter_recuts_like_a_detector_and_keeps_size_and_type():
+    import torch
+
+    from data_handler import BoxJitter
+    torch.manual_seed(0)
+    image = torch.arange(64 * 64, dtype=torch.int64).reshape(1, 64, 64).remainder(251).to(torch.uint8).repeat(3, 1, 1)
+    still = BoxJitter(64, shift=0.0, scale=0.0)(image)
+    assert still.shape == (3, 64, 64) and still.dtype == torch.uint8
+    assert torch.equal(still, image)                       # no jitter, same size: the crop itself
+    jitter = BoxJitter(48, shift=0.08, scale=0.10)
+    outs = [jitter(image) for _ in range(20)]
+    assert all(o.shape == (3, 48, 48) and o.dtype == torch.uint8 for o in outs)
+    assert len({o.float().mean().item() for o in outs}) > 10  # every call cuts another box
+
+
+def test_warmup_rises_linearly_to_the_target():
+    from training_engine import warmup_lr
+    assert warmup_lr(1e-3, 0, 100) == pytest.approx(1e-5)
+    assert warmup_lr(1e-3, 49, 100) == pytest.approx(5e-4)
+    assert warmup_lr(1e-3, 99, 100) == warmup_lr(1e-3, 500, 100) == 1e-3
+    assert warmup_lr(1e-3, 0, 0) == 1e-3
