@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PORT ?= 8501
+API_PORT ?= 8000
 
-.PHONY: run test bench install install-dev system-deps clean
+.PHONY: run serve test bench install install-dev system-deps clean
 
 $(VENV)/.installed: requirements.txt requirements-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,10 @@ system-deps:
 
 run: $(VENV)/.installed
 	exec $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+# The HTTP API (serve.py): POST /v1/analyze, GET /v1/models, /health, /docs. See README, 'HTTP API'.
+serve: $(VENV)/.installed
+	exec $(PY) serve.py --host 127.0.0.1 --port $(API_PORT)
 
 test: install-dev
 	$(PY) -m pytest -q tests

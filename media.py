@@ -19,6 +19,7 @@ MAX_IMAGE_PIXELS = 50_000_000             # images larger than this are refused 
 MAX_VIDEO_PIXELS_PER_FRAME = 4096 * 2304  # 4K-ish; larger videos are refused
 MAX_VIDEO_FRAMES_ANALYSED = 300           # the app's slider maximum, also the CLI's
 MIN_VIDEO_FRAMES_ANALYSED = 1
+DEFAULT_VIDEO_FRAMES_ANALYSED = 32        # the CLI's and the HTTP API's default (the app's slider starts at 100)
 MAX_FACES_PER_IMAGE = 32                  # more faces than this: the largest 32 are scored
 DETECTION_MAX_SIDE = 1024                 # frames are downscaled to this for face finding
 MIN_IMAGE_SIDE = 16                       # smaller images cannot hold a detectable face

@@ -58,3 +58,13 @@ def astronaut_jpg(tmp_path_factory, astronaut) -> Path:
     path = tmp_path_factory.mktemp("img") / "astronaut.jpg"
     Image.fromarray(astronaut).save(path, quality=92)
     return path
+
+
+# Two of the five models, the quickest to load: for tests that start the API server or the CLI in
+# subprocesses, where loading all five would dominate their time (the pipeline is the same for any set).
+TWO_MODEL_KEYS = ("cross_attention", "cnn_transformer")
+
+
+@pytest.fixture(scope="session")
+def two_random_models_dir(tmp_path_factory) -> Path:
+    return write_random_models(tmp_path_factory.mktemp("two_converted_models"), keys=TWO_MODEL_KEYS)
