@@ -4,7 +4,7 @@
 
 Everything that judges a face lives in pipeline.py / scoring.py; this file uploads, calls
 `pipeline.analyze_image` / `pipeline.analyze_video` once per upload, and draws the result of
-`pipeline.build_report` / `pipeline.frame_table`. Caching (GUIDE.md section 7):
+`pipeline.build_report`. Caching (GUIDE.md section 7):
 
 * the scoring engine (all installed models) is loaded once per server process (st.cache_resource);
 * an analysis runs every installed model once and is kept in the session, keyed by the upload's
@@ -120,6 +120,9 @@ def sidebar(engine: ScoringEngine) -> tuple[list[str], float]:
                 on = st.toggle(spec.title, value=True, key=f"use_{key}", help=spec.description)
                 auc = f"{status.test_auc:.3f}" if isinstance(status.test_auc, (int, float)) else "not measured"
                 st.caption(f":material/check_circle: loaded · input {status.input_size} px · test AUC {auc}")
+                if key in engine.advisory_keys:
+                    st.caption(":material/info: advisory: shown, but not a voter in the ensemble (below "
+                               "the quality floor on the validation split)")
                 if on:
                     active.append(key)
             else:
@@ -523,8 +526,11 @@ def video_mode(engine: ScoringEngine, directory: str, active: list[str], thresho
     m1.metric("Verdict", verdict_word(report["verdict"]), border=True)
     m2.metric("Fake probability", pct(report["fake_probability"]), border=True,
               help="The most suspicious person's mean fake probability over the frames they appear in.")
-    m3.metric("People found", len(persons), border=True,
-              help="Faces are followed from frame to frame; each track is one person.")
+    brief = len(persons) - report.get("people", len(persons))
+    m3.metric("People found", report.get("people", len(persons)), border=True,
+              help="Faces are followed from frame to frame; each track is one person. Tracks seen only "
+                   "briefly (likely false detections) are listed below but not counted."
+                   + (f" {brief} brief track(s) not counted." if brief else ""))
     m4.metric("Frames with a face", f"{report['frames_with_faces']} of {report['frames_analyzed']}", border=True)
     for note in report.get("notes", []):
         st.caption(md_escape(note))
@@ -533,11 +539,9 @@ def video_mode(engine: ScoringEngine, directory: str, active: list[str], thresho
 
     scores = [f["fake_probability"] for f in report["faces"]]
     st.subheader("Person by person")
-    min_frames = max(1, math.ceil(pipeline.MIN_TRACK_SHARE * report["frames_with_faces"]))
     candidates = []
     for person in persons:
-        members = [i for i, f in enumerate(report["faces"]) if f["track"] + 1 == person["person"]]
-        best = max(members, key=lambda i: scores[i] if scores[i] is not None else -1.0)
+        best = person["representative_face"]
         crop = analysis.faces[best].crop
         candidates.append((f"Person {person['person']} (frame {report['faces'][best]['frame']})", crop))
         with st.container(border=True):
@@ -550,25 +554,16 @@ def video_mode(engine: ScoringEngine, directory: str, active: list[str], thresho
                 text = (f"**{pct(person['fake_probability'])} fake on average → {verdict_word(v)}** · seen in "
                         f"{person['frames']} analysed frames from frame {person['first_frame']}")
                 (st.error if v == "FAKE" else st.success)(text)
-                if person["frames"] < min_frames and len(persons) > 1:
-                    st.caption("Seen only briefly: not used for the video's verdict (it may be a false "
-                               "detection).")
-                probs = {}
-                for k in report["models_used"]:
-                    values = [report["faces"][i]["models"].get(k) for i in members]
-                    values = [v for v in values if v is not None]
-                    probs[k] = float(np.mean(values)) if values else None
-                model_cards(probs, threshold)
+                if not person["counted"]:
+                    st.caption("Seen only briefly: not counted and not used for the video's verdict (it may "
+                               "be a false detection).")
+                model_cards(person["models"], threshold)
 
     st.subheader("Over time")
     st.caption("Each line is a detector's fake probability for the most suspicious face in each analysed "
                "frame; the thick line is the ensemble, the dashed line the threshold. Frames above the "
                "dashed line look fake.")
-    rows = pipeline.frame_table(analysis, report["faces"])
-    table = [{k: v for k, v in r.items() if k not in analysis.models or k in report["models_used"]}
-             for r in rows]
-    for r in table:
-        r["verdict"] = verdict(r["ensemble"], threshold) if r["ensemble"] is not None else "NO_FACE"
+    table = report["frame_table"]
     st.altair_chart(timeline_chart(table, report["models_used"], threshold, bool(analysis.fps)), width="stretch")
 
     stats = report.get("statistics") or {}

@@ -8,8 +8,9 @@ threshold or switching models only re-runs `build_report`, which is cheap and pu
 
 Aggregation (also in README): a face's score is the ensemble's P(fake). An image's score is its most
 suspicious face's. In a video, faces are tracked across frames; each track (person) scores the mean
-of its faces' scores, and the video scores its most suspicious person (among tracks seen in at least
-a fifth of the frames with faces, so a one-frame false detection cannot decide a video).
+of its faces' scores, and the video scores its most suspicious person among the tracks that count:
+those seen in at least a fifth of the frames with faces, so a one-frame false detection neither
+decides a video nor adds a person (`persons[].counted` and `.why` say so; `people` counts them).
 """
 from __future__ import annotations
 
@@ -159,6 +160,7 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
     flat = [tid for ids in track_ids for tid in ids]
     for r, tid in zip(records, flat):
         r.track = tid
+    _release_memory()   # before scoring too: MTCNN's freed temporaries would otherwise add to the peak
     keys = _score_records(records, engine, models, progress)
     t2 = time.perf_counter()
     _release_memory()
@@ -207,6 +209,8 @@ def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | N
                           "verdict": verdict(ens, threshold),
                           "models": {k: _round(v) for k, v in probs.items()}})
 
+    counted = counted_tracks(analysis)
+
     def aggregate(scores: list[float]) -> float | None:
         if not scores:
             return None
@@ -215,10 +219,7 @@ def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | N
         by_track: dict[int, list[float]] = {}
         for r, s in zip(analysis.faces, scores):
             by_track.setdefault(r.track, []).append(s)
-        min_len = max(1, math.ceil(MIN_TRACK_SHARE * analysis.frames_with_faces))
-        means = [float(np.mean(v)) for v in by_track.values() if len(v) >= min_len] or \
-                [float(np.mean(v)) for v in by_track.values()]
-        return max(means)
+        return max(float(np.mean(v)) for t, v in by_track.items() if t in counted)
 
     fake_probability = aggregate(per_face_ens) if analysis.faces and keys else None
     model_scores = {k: _round(aggregate([p[k] for p in per_face_models])) for k in keys} if analysis.faces else {}
@@ -238,27 +239,69 @@ def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | N
         "notes": list(analysis.notes),
     }
     if analysis.kind == "video":
+        persons = person_summaries(analysis, faces_out, threshold, keys, counted)
+        rows = frame_table(analysis, faces_out, keys, threshold)
         report.update(fps=_round(analysis.fps, 3), frame_count=analysis.frame_count,
-                      frames_failed=analysis.frames_failed, persons=person_summaries(analysis, faces_out, threshold),
-                      statistics=frame_statistics(analysis, faces_out, threshold))
+                      frames_failed=analysis.frames_failed, people=sum(p["counted"] for p in persons),
+                      persons=persons, frame_table=rows, statistics=frame_statistics(rows, threshold))
     return report
 
 
-def person_summaries(analysis: Analysis, faces_out: list[dict], threshold: float) -> list[dict]:
-    tracks: dict[int, list[dict]] = {}
-    for f in faces_out:
-        tracks.setdefault(f["track"], []).append(f)
+def min_track_frames(analysis: Analysis) -> int:
+    """Frames a track needs to count as a person: MIN_TRACK_SHARE of the frames with faces."""
+    return max(1, math.ceil(MIN_TRACK_SHARE * analysis.frames_with_faces))
+
+
+def counted_tracks(analysis: Analysis) -> set[int]:
+    """Tracks that count as people for the headline and the verdict.
+
+    A track seen in fewer than `min_track_frames` frames is most often one false detection (a pattern
+    in the background in one frame) and must not decide a video or add a person; it is still
+    reported. Should no track be that long (a crowd, fast cuts), every track counts."""
+    lengths: dict[int, int] = {}
+    for r in analysis.faces:
+        lengths[r.track] = lengths.get(r.track, 0) + 1
+    if analysis.kind != "video":
+        return set(lengths)
+    needed = min_track_frames(analysis)
+    return {t for t, n in lengths.items() if n >= needed} or set(lengths)
+
+
+def person_summaries(analysis: Analysis, faces_out: list[dict], threshold: float, keys: list[str],
+                     counted: set[int]) -> list[dict]:
+    """One entry per track: mean scores over its faces, its most suspicious face, and whether it counts."""
+    tracks: dict[int, list[int]] = {}
+    for i, f in enumerate(faces_out):
+        tracks.setdefault(f["track"], []).append(i)
+    needed = min_track_frames(analysis)
     out = []
-    for tid, faces in sorted(tracks.items()):
+    for tid, members in sorted(tracks.items()):
+        faces = [faces_out[i] for i in members]
         scores = [f["fake_probability"] for f in faces if f["fake_probability"] is not None]
         mean = float(np.mean(scores)) if scores else None
-        out.append({"person": tid + 1, "frames": len(faces), "first_frame": faces[0]["frame"],
-                    "fake_probability": _round(mean), "verdict": verdict(mean, threshold) if mean is not None else "NO_FACE"})
+        models = {}
+        for k in keys:
+            values = [f["models"][k] for f in faces if f["models"].get(k) is not None]
+            models[k] = _round(float(np.mean(values))) if values else None
+        top = max(members, key=lambda i: faces_out[i]["fake_probability"]
+                  if faces_out[i]["fake_probability"] is not None else -1.0)
+        is_counted = tid in counted
+        out.append({"person": tid + 1, "track": tid, "frames": len(faces), "first_frame": faces[0]["frame"],
+                    "fake_probability": _round(mean),
+                    "verdict": verdict(mean, threshold) if mean is not None else "NO_FACE",
+                    "models": models, "representative_face": top, "counted": is_counted,
+                    "why": (f"seen in {len(faces)} analysed frame(s), at least {needed} needed"
+                            if is_counted or len(faces) >= needed else
+                            f"seen in only {len(faces)} analysed frame(s), fewer than the {needed} needed: "
+                            "probably a false detection, not used for the verdict")})
     return out
 
 
-def frame_table(analysis: Analysis, faces_out: list[dict]) -> list[dict]:
-    """One row per analysed frame: the most suspicious face's ensemble and per-model scores."""
+def frame_table(analysis: Analysis, faces_out: list[dict], keys: list[str] | None = None,
+                threshold: float | None = None) -> list[dict]:
+    """One row per analysed frame: the most suspicious face's ensemble and per-model scores (and its
+    verdict when a threshold is given)."""
+    keys = analysis.models if keys is None else keys
     by_frame: dict[int, list[dict]] = {}
     for f in faces_out:
         by_frame.setdefault(f["frame"], []).append(f)
@@ -268,14 +311,15 @@ def frame_table(analysis: Analysis, faces_out: list[dict]) -> list[dict]:
         top = max(faces, key=lambda f: f["fake_probability"] or 0.0) if faces else None
         row = {"frame": index, "time_s": _round(index / analysis.fps, 3) if analysis.fps else None,
                "faces": len(faces), "ensemble": top["fake_probability"] if top else None}
-        for k in analysis.models:
+        for k in keys:
             row[k] = top["models"].get(k) if top else None
+        if threshold is not None:
+            row["verdict"] = verdict(row["ensemble"], threshold) if row["ensemble"] is not None else "NO_FACE"
         rows.append(row)
     return rows
 
 
-def frame_statistics(analysis: Analysis, faces_out: list[dict], threshold: float) -> dict:
-    rows = frame_table(analysis, faces_out)
+def frame_statistics(rows: list[dict], threshold: float) -> dict:
     scores = np.array([r["ensemble"] for r in rows if r["ensemble"] is not None], dtype=np.float64)
     if scores.size == 0:
         return {"frames_without_face": len(rows), "mean": None, "median": None, "std": None,

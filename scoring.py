@@ -92,7 +92,15 @@ class TorchRunner:
 
 
 class ScoringEngine:
-    def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto"):
+    """Loads the installed models and scores face crops with each of them and their ensemble.
+
+    `flip_tta` (default on) scores every crop and its mirror image and averages the two raw logits
+    before the temperature: a face and its mirror are the same evidence, yet a model alone moved by
+    0.11 in P(fake) between them (issue 11); the average costs one extra pass per model, batched."""
+
+    def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto",
+                 flip_tta: bool = True):
+        self.flip_tta = flip_tta
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -138,6 +146,13 @@ class ScoringEngine:
         return [k for k in MODEL_KEYS if k in self.models]
 
     @property
+    def advisory_keys(self) -> list[str]:
+        """Loaded members the ensemble does not vote with (weight 0, e.g. below its quality floor)."""
+        manifest = self.ensemble_manifest or {}
+        weights = manifest.get("weights") or {}
+        return [k for k in self.loaded_keys if manifest and float(weights.get(k, 0.0)) <= 0.0]
+
+    @property
     def default_threshold(self) -> float:
         if self.ensemble_manifest and isinstance(self.ensemble_manifest.get("threshold"), (int, float)):
             return float(self.ensemble_manifest["threshold"])
@@ -154,7 +169,11 @@ class ScoringEngine:
         for start in range(0, len(crops), MAX_BATCH):
             batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size,
                                   loaded.manifest["mean"], loaded.manifest["std"])
-            out.append(self.runners[key].logits(batch))
+            if self.flip_tta:  # one call for both views: (N) crops then their (N) mirror images
+                both = self.runners[key].logits(torch.cat([batch, batch.flip(3)]))
+                out.append((both[:len(batch)] + both[len(batch):]) / 2)
+            else:
+                out.append(self.runners[key].logits(batch))
         raw = np.concatenate(out) if out else np.zeros(0, np.float32)
         return raw.astype(np.float64) / loaded.temperature
 
@@ -169,25 +188,35 @@ class ScoringEngine:
                            ensemble_probability=self.combine(logits), models_used=keys)
 
     def ensemble_weights(self, keys) -> tuple[dict[str, float], float]:
-        """Weights and bias over `keys`; weights learnt on val are rescaled when members are off."""
-        manifest = self.ensemble_manifest
-        if manifest:
-            learnt = {k: max(float(manifest["weights"].get(k, 0.0)), 0.0) for k in keys}
-            total_all = sum(max(float(v), 0.0) for v in manifest["weights"].values())
-            total = sum(learnt.values())
-            if total > 0:
-                scale = total_all / total  # keep the ensemble's overall logit scale
-                return {k: w * scale for k, w in learnt.items()}, float(manifest.get("bias", 0.0))
-        return {k: 1.0 / len(keys) for k in keys}, 0.0
+        return ensemble_weights(self.ensemble_manifest, keys)
 
     def combine(self, logits: dict[str, np.ndarray], keys=None) -> np.ndarray:
-        """Ensemble P(fake) from calibrated per-model logits (a pure function of its inputs)."""
-        keys = [k for k in (keys or list(logits)) if k in logits]
-        if not keys:
-            return np.zeros(0)
-        weights, bias = self.ensemble_weights(keys)
-        z = bias + sum(weights[k] * np.asarray(logits[k], dtype=np.float64) for k in keys)
-        return sigmoid(z)
+        return combine(self.ensemble_manifest, logits, keys)
+
+
+def ensemble_weights(manifest: dict | None, keys) -> tuple[dict[str, float], float]:
+    """Weights and bias over `keys`. Weights learnt on val are rescaled to their full sum when some
+    members are switched off, so the ensemble keeps its logit scale; equal weights without a manifest
+    (or when every chosen member has weight 0, e.g. only advisory members are on)."""
+    keys = list(keys)
+    if manifest:
+        learnt = {k: max(float(manifest["weights"].get(k, 0.0)), 0.0) for k in keys}
+        total_all = sum(max(float(v), 0.0) for v in manifest["weights"].values())
+        total = sum(learnt.values())
+        if total > 0:
+            scale = total_all / total
+            return {k: w * scale for k, w in learnt.items()}, float(manifest.get("bias", 0.0))
+    return {k: 1.0 / len(keys) for k in keys}, 0.0
+
+
+def combine(manifest: dict | None, logits: dict[str, np.ndarray], keys=None) -> np.ndarray:
+    """Ensemble P(fake) from calibrated per-model logits: a pure function of the ensemble manifest."""
+    keys = [k for k in (keys or list(logits)) if k in logits]
+    if not keys:
+        return np.zeros(0)
+    weights, bias = ensemble_weights(manifest, keys)
+    z = bias + sum(weights[k] * np.asarray(logits[k], dtype=np.float64) for k in keys)
+    return sigmoid(z)
 
 
 def verdict(probability: float | None, threshold: float) -> str:
@@ -196,4 +225,4 @@ def verdict(probability: float | None, threshold: float) -> str:
     return "FAKE" if probability >= threshold else "REAL"
 
 
-__all__ = ["ScoringEngine", "ScoreResult", "ModelStatus", "NoModelsError", "verdict", "ENSEMBLE_KEY"]
+__all__ = ["ScoringEngine", "ScoreResult", "combine", "ensemble_weights", "ModelStatus", "NoModelsError", "verdict", "ENSEMBLE_KEY"]

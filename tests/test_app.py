@@ -162,7 +162,7 @@ def test_photo_mode_one_face_and_no_rerun_on_settings(app_env, counted, astronau
     boxes = texts(at, "error", "success")
     assert f"Verdict: {verdict}" in boxes and "Ensemble:" in boxes
     # One card per detector for the face, each with a probability.
-    titles = {"Xception", "EfficientNet-B3", "Swin Transformer", "Cross-Attention", "CNN-Transformer"}
+    titles = {"Xception", "EfficientNet", "Swin Transformer", "Cross-Attention", "CNN-Transformer"}
     assert titles <= {m.label for m in at.metric}
     for m in at.metric:
         if m.label in titles:
@@ -183,7 +183,7 @@ def test_photo_mode_one_face_and_no_rerun_on_settings(app_env, counted, astronau
     at.toggle(key="use_xception").set_value(False).run()
     assert_clean(at)
     labels = {m.label for m in at.metric}
-    assert "Swin Transformer" not in labels and "Xception" not in labels and "EfficientNet-B3" in labels
+    assert "Swin Transformer" not in labels and "Xception" not in labels and "EfficientNet" in labels
     assert counted["image"] == 1
 
     # Explanations: computed only on request.
@@ -194,11 +194,11 @@ def test_photo_mode_one_face_and_no_rerun_on_settings(app_env, counted, astronau
     assert_clean(at)
     assert len(at.image) >= images_before + 2 + 3       # crop, heat map, one overlay per stage
     captions = image_captions(at)
-    assert "Heat map: EfficientNet-B3" in captions and "blocks.5: mean of" in captions
+    assert "Heat map: EfficientNet" in captions and "blocks.5: mean of" in captions
     # Opacity changes reuse the explanation; the analysis is still not re-run.
     at.slider(key="xp_opacity_photo").set_value(0.8).run()
     assert_clean(at)
-    assert "Heat map: EfficientNet-B3" in image_captions(at)
+    assert "Heat map: EfficientNet" in image_captions(at)
     # A transformer: heat map only, no feature maps.
     at.selectbox(key="xp_model_photo").set_value("cnn_transformer").run()
     at.selectbox(key="xp_model_photo").set_value("cross_attention").run()
@@ -294,7 +294,7 @@ def test_video_mode(app_env, counted, clip_mp4, tmp_path):
     assert metric(at, "Frames judged fake") == "100 %"
     at.toggle(key="use_efficientnet").set_value(False).run()
     assert_clean(at)
-    assert "EfficientNet-B3" not in {m.label for m in at.metric}
+    assert "EfficientNet" not in {m.label for m in at.metric}
     assert counted["video"] == 1
 
     # A new frame count keeps the shown result until the user asks to analyse again.
