@@ -6,8 +6,9 @@
 
 For each checkpoint: write `<key>.safetensors` (fp16) + `<key>.json`, fit the temperature on the
 validation split (with the fp16 weights that ship), and record test-split metrics, the cross-dataset
-metrics and the commands that reproduce them. With --ensemble, fit the ensemble's weights by logistic
-regression on the members' calibrated validation logits and write `ensemble.json`.
+metrics and the commands that reproduce them. With --ensemble, fit each ensembling method of
+`ensembling.py` on the members' calibrated validation logits, compare them on test and the
+cross-dataset set, and write the chosen one with the comparison to `ensemble.json`.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from sklearn.linear_model import LogisticRegression
 
 import data_handler
+import ensembling
 from evaluate import score_face_crops
 from metrics import binary_metrics
 from model_store import DEFAULT_MODELS_DIR, atomic_write_json, read_manifest, save_converted_model
@@ -91,14 +92,23 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
     save_converted_model(model, key, out_dir, input_size=config["input_size"],
                          arch_args=config.get("arch_args", {}), temperature=1.0,
                          extra={"training": training})
-    # Temperature on val with the fp16 weights as shipped (T=1 in the manifest so far: raw logits).
-    val_paths, val_labels = _split_paths(data_dir, "val")
-    val_raw, kept = _calibrated_logits(out_dir, key, val_paths)
-    temperature = fit_temperature(val_raw, val_labels[kept])
+    return calibrate_and_measure(out_dir, key, data_dir, cross_data, Path(checkpoint).parent)
+
+
+def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, cache_dir: Path) -> dict:
+    """Fit an installed model's temperature on val (fp16 weights as shipped, test-time flip as in the
+    app), then record val, test and cross-dataset metrics in its manifest; cache the calibrated
+    logits in `cache_dir/eval_logits.npz` for the ensemble fit."""
     manifest_path = out_dir / f"{key}.json"
+    old_temperature = float(read_manifest(manifest_path).get("temperature", 1.0))
+    val_paths, val_labels = _split_paths(data_dir, "val")
+    val_z, kept = _calibrated_logits(out_dir, key, val_paths)
+    val_raw = val_z * old_temperature
+    temperature = fit_temperature(val_raw, val_labels[kept])
     manifest = read_manifest(manifest_path)
     manifest["temperature"] = round(temperature, 5)
     manifest["threshold"] = 0.5
+    manifest["test_time_augmentation"] = "horizontal flip (mean of the two logits)"
     atomic_write_json(manifest_path, manifest)
     metrics = {"val": binary_metrics(val_labels[kept], sigmoid(val_raw / temperature))}
     eval_sets = [("test", data_dir, "test")] + ([("cross_dataset", cross_data, "test")] if cross_data else [])
@@ -112,8 +122,9 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
     manifest["metrics"] = metrics
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(manifest_path, manifest)
-    # Calibrated logits for the ensemble fit, outside git, keyed by the weights' checksum.
-    np.savez(Path(checkpoint).with_name("eval_logits.npz"), sha256=manifest["sha256"],
+    # Calibrated logits for the ensemble fit, outside git, keyed by the weights' checksum and temperature.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache_dir / "eval_logits.npz", sha256=manifest["sha256"], temperature=manifest["temperature"],
              **{f"{n}_logits": v[0] for n, v in cache.items()}, **{f"{n}_labels": v[1] for n, v in cache.items()})
     log.info("%s: T=%.3f val AUC %.4f test AUC %.4f%s", key, temperature, metrics["val"]["auc"],
              metrics["test"]["auc"], f" cross AUC {metrics['cross_dataset']['auc']:.4f}" if cross_data else "")
@@ -125,7 +136,8 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
     cached = runs_dir / key / "eval_logits.npz"
     if cached.exists():
         with np.load(cached, allow_pickle=False) as d:
-            if str(d["sha256"]) == manifest["sha256"]:
+            if str(d["sha256"]) == manifest["sha256"] and "temperature" in d.files and \
+                    float(d["temperature"]) == float(manifest["temperature"]):
                 return {k: d[k] for k in d.files}
     out = {}
     sets = [("val", data_dir, "val"), ("test", data_dir, "test")] + \
@@ -138,36 +150,31 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
 
 
 def fit_ensemble(out_dir: Path, runs_dir: Path, data_dir: str, cross_data: str | None) -> dict:
+    """Fit every ensembling method on val, measure each on test (and the cross-dataset set, never
+    used for fitting), ship the one `ensembling.choose` picks and record the whole comparison."""
     keys = [k for k in MODEL_KEYS if (out_dir / f"{k}.json").exists()]
     members = {k: _member_logits(out_dir, k, runs_dir, data_dir, cross_data) for k in keys}
-    x_val = np.stack([members[k]["val_logits"] for k in keys], axis=1)
-    y_val = members[keys[0]]["val_labels"]
-    lr = LogisticRegression(C=1.0, max_iter=1000, positive=True) if _supports_positive() else \
-        LogisticRegression(C=1.0, max_iter=1000)
-    lr.fit(x_val, y_val)
-    weights = {k: round(max(float(w), 0.0), 6) for k, w in zip(keys, lr.coef_[0])}
-    manifest = {"format_version": 1, "key": ENSEMBLE_KEY, "members": keys, "weights": weights,
-                "bias": round(float(lr.intercept_[0]), 6), "threshold": 0.5,
-                "method": "logistic regression on the members' temperature-calibrated logits, fitted on the "
-                          "validation split (non-negative weights)", "metrics": {}}
-    engine = ScoringEngine.__new__(ScoringEngine)  # only `combine` is needed: no model loading
-    engine.ensemble_manifest = manifest
-    sets = ["val", "test"] + (["cross_dataset"] if cross_data else [])
-    for name in sets:
-        z = {k: members[k][f"{name}_logits"] for k in keys}
-        y = members[keys[0]][f"{name}_labels"]
-        manifest["metrics"][name] = binary_metrics(y, engine.combine(z, keys))
-        if name != "val":
-            ddir = data_dir if name == "test" else cross_data
-            manifest["metrics"][name].update(dataset=Path(ddir).name, split="test", command=_metric_cmd(ddir, "test"))
+    names = ["val", "test"] + (["cross_dataset"] if cross_data else [])
+    sets = {n: ({k: members[k][f"{n}_logits"] for k in keys}, members[keys[0]][f"{n}_labels"]) for n in names}
+    options = ensembling.candidates(*sets["val"])
+    results = {name: ensembling.evaluate(body, sets) for name, body in options.items()}
+    best = ensembling.best_members(sets)
+    pick, reason = ensembling.choose(results, best)
+    manifest = {"format_version": 1, "key": ENSEMBLE_KEY, "members": keys, **options[pick], "threshold": 0.5,
+                "chosen": pick, "why_chosen": reason, "metrics": results[pick],
+                "best_member": {n: {"key": k, "auc": round(a, 4)} for n, (k, a) in best.items()},
+                "comparison": {name: {"weights": options[name]["weights"], "bias": options[name]["bias"],
+                                      **{n: {m: round(v, 4) for m, v in r.items() if m in ("auc", "ap", "eer", "accuracy")}
+                                         for n, r in results[name].items()}}
+                               for name in options}}
+    for name in names[1:]:
+        ddir = data_dir if name == "test" else cross_data
+        manifest["metrics"][name].update(dataset=Path(ddir).name, split="test", command=_metric_cmd(ddir, "test"))
     atomic_write_json(out_dir / f"{ENSEMBLE_KEY}.json", manifest)
-    log.info("ensemble weights %s; test AUC %.4f", weights, manifest["metrics"]["test"]["auc"])
+    for name in options:
+        log.info("ensemble %-14s %s", name, "  ".join(f"{n} AUC {results[name][n]['auc']:.4f}" for n in names))
+    log.info("chosen: %s (%s); weights %s", pick, reason, options[pick]["weights"])
     return manifest
-
-
-def _supports_positive() -> bool:
-    import inspect
-    return "positive" in inspect.signature(LogisticRegression).parameters
 
 
 def main(argv=None) -> int:
@@ -178,11 +185,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(DEFAULT_MODELS_DIR))
     p.add_argument("--runs-dir", default="runs", help="where eval logits are cached for the ensemble fit")
     p.add_argument("--ensemble", action="store_true", help="fit ensemble.json over the installed models")
+    p.add_argument("--recalibrate", nargs="*", default=[], metavar="KEY",
+                   help="refit the temperature of installed models on val and re-measure them (e.g. after a "
+                        "change of test-time augmentation)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     out_dir = Path(a.out)
     for ckpt in a.checkpoint:
         convert_checkpoint(ckpt, a.data_dir, out_dir, a.cross_data)
+    for key in a.recalibrate:
+        calibrate_and_measure(out_dir, get_spec(key).key, a.data_dir, a.cross_data, Path(a.runs_dir) / key)
     if a.ensemble:
         fit_ensemble(out_dir, Path(a.runs_dir), a.data_dir, a.cross_data)
     return 0

@@ -37,10 +37,33 @@ def main(models_dir=ROOT / "converted_models") -> str:
     if ens.exists():
         e = json.loads(ens.read_text())
         t, c = e["metrics"]["test"], e["metrics"].get("cross_dataset", {})
-        w = ", ".join(f"{k} {v:.2f}" for k, v in e["weights"].items())
-        rows.append(f"| `ensemble` | logistic regression ({w}) | - | - | fitted on val | {fmt(t['auc'])} | "
+        w = ", ".join(f"{k} {v:.2f}" for k, v in e["weights"].items() if v > 0)
+        rows.append(f"| `ensemble` | {e.get('chosen', 'logistic')} ({w}) | - | - | fitted on val | {fmt(t['auc'])} | "
                     f"{fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | {fmt(c.get('auc'))} | "
                     f"{fmt(c.get('ap'))} | {fmt(c.get('eer'))} |")
+        if e.get("comparison"):
+            rows += ["", f"Ensembling methods, all fitted on `val` (chosen: **{e['chosen']}**, {e.get('why_chosen', '')}; "
+                     "best member: " + ", ".join(f"{n} `{b['key']}` {b['auc']:.3f}" for n, b in e.get("best_member", {}).items())
+                     + "):", "",
+                     "| method | weights | val AUC | test AUC | FFHQ/StyleGAN2 AUC |", "|---|---|---|---|---|"]
+            for name, r in e["comparison"].items():
+                w = ", ".join(f"{k} {v:.2f}" for k, v in r["weights"].items() if v > 0)
+                rows.append(f"| {name} | {w} | {fmt(r['val']['auc'])} | {fmt(r['test']['auc'])} | "
+                            f"{fmt(r.get('cross_dataset', {}).get('auc'))} |")
+    stability = ROOT / "docs" / "stability.json"
+    if stability.exists():
+        s = json.loads(stability.read_text())
+        rows += ["", f"Score stability ({s.get('command', 'evaluate.py --stability')}; test-time flip "
+                 f"{'on' if s.get('test_time_flip') else 'off'}): |dP(fake)| between a test crop and the same crop "
+                 "re-cut (centre +-5 %, side +-5 %), resized with the other filter, or saved as JPEG 75"
+                 + (f"; re-framing: spread of P(fake) over {s['reframing']['faces']} crops placed on a canvas four ways "
+                    "and analysed through face finding" if "reframing" in s else "") + ":", "",
+                 "| model | mean | 95th pct | max |" + (" re-framing mean | 95th pct | max |" if "reframing" in s else ""),
+                 "|---|---|---|---|" + ("---|---|---|" if "reframing" in s else "")]
+        for k, m in s.get("stability", {}).items():
+            rf = s.get("reframing", {}).get(k)
+            rows.append(f"| `{k}` | {fmt(m['mean'])} | {fmt(m['p95'])} | {fmt(m['max'])} |"
+                        + (f" {fmt(rf['mean'])} | {fmt(rf['p95'])} | {fmt(rf['max'])} |" if rf else ""))
     return "\n".join(rows)
 
 

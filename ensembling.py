@@ -1,0 +1,141 @@
+"""Ways to combine the members' calibrated logits into one ensemble, and the rule that picks one.
+
+Every method returns an ensemble manifest body ({"weights", "bias", "advisory", "method"}) that
+`scoring.combine` evaluates; all are fitted on the validation split only. Pure functions of arrays:
+`convert_models.py --ensemble` feeds them the members' logits, the tests feed them hand-made ones.
+
+Why more than a logistic regression: fitted on DFDC `val`, its weights summed to 1.6 (it amplifies
+members that agree) and it leaned on one model; on data unlike DFDC it fell below its best member
+(issue 11). A convex mean (non-negative weights summing to one, shrunk towards equal) cannot
+amplify, and members below a quality floor can be left out as voters (still shown, as advisory).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import minimize
+
+from metrics import binary_metrics
+from scoring import combine
+
+QUALITY_FLOOR_AUC = 0.70      # a member below this validation AUC is advisory: shown, not voting
+SHRINK_TO_EQUAL = 1.0         # strength of the pull of convex weights towards equal weights
+
+
+def _nll(z: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def voters(val_logits: dict[str, np.ndarray], y_val: np.ndarray, floor: float | None) -> list[str]:
+    """Members whose validation AUC reaches `floor` (all of them with floor None, and never none)."""
+    keys = list(val_logits)
+    if floor is None:
+        return keys
+    good = [k for k in keys if binary_metrics(y_val, val_logits[k])["auc"] >= floor]
+    return good or [max(keys, key=lambda k: binary_metrics(y_val, val_logits[k])["auc"])]
+
+
+def _body(keys_all, weights: dict[str, float], bias: float, method: str) -> dict:
+    return {"weights": {k: round(float(weights.get(k, 0.0)), 6) for k in keys_all}, "bias": round(float(bias), 6),
+            "advisory": [k for k in keys_all if weights.get(k, 0.0) <= 0.0], "method": method}
+
+
+def fit_logistic(val_logits: dict[str, np.ndarray], y_val: np.ndarray, keys: list[str]) -> tuple[dict, float]:
+    """Logistic regression on the members' logits (non-negative weights, free scale and bias)."""
+    # sklearn's LogisticRegression has no non-negativity constraint, so its objective (summed log
+    # loss + 0.5 * ||w||^2 at C = 1) is minimised here with bounds.
+    x = np.stack([val_logits[k] for k in keys], axis=1).astype(np.float64)
+    y = np.asarray(y_val, np.float64)
+
+    def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = params[:-1], params[-1]
+        z = x @ w + b
+        p = 1.0 / (1.0 + np.exp(-z))
+        loss = float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * w @ w)
+        grad = np.append(x.T @ (p - y) + w, np.sum(p - y))
+        return loss, grad
+
+    bounds = [(0.0, None)] * len(keys) + [(None, None)]
+    params = minimize(objective, np.zeros(len(keys) + 1), jac=True, method="L-BFGS-B", bounds=bounds).x
+    return {k: float(w) for k, w in zip(keys, params[:-1])}, float(params[-1])
+
+
+def fit_convex(val_logits: dict[str, np.ndarray], y_val: np.ndarray, keys: list[str],
+               shrink: float = SHRINK_TO_EQUAL) -> tuple[dict, float]:
+    """Weights on the simplex (>= 0, sum 1) minimising validation NLL + shrink * ||w - equal||^2.
+
+    No bias and no scale: the members are already calibrated, so their weighted mean is a logit on
+    the same scale, and the ensemble is never more confident than its most confident member."""
+    x = np.stack([val_logits[k] for k in keys], axis=1).astype(np.float64)
+    y = np.asarray(y_val, np.float64)
+    equal = np.full(len(keys), 1.0 / len(keys))
+
+    def loss(theta: np.ndarray) -> float:
+        w = np.exp(theta - theta.max())
+        w /= w.sum()
+        return _nll(x @ w, y) + shrink * float(np.sum((w - equal) ** 2))
+
+    theta = minimize(loss, np.zeros(len(keys)), method="Nelder-Mead" if len(keys) < 3 else "L-BFGS-B").x
+    w = np.exp(theta - theta.max())
+    w /= w.sum()
+    return dict(zip(keys, (float(v) for v in w))), 0.0
+
+
+def fit_mean(val_logits: dict[str, np.ndarray], y_val: np.ndarray, keys: list[str]) -> tuple[dict, float]:
+    return {k: 1.0 / len(keys) for k in keys}, 0.0
+
+
+METHODS: dict[str, tuple[Callable, str]] = {
+    "logistic": (fit_logistic, "logistic regression on the members' calibrated logits (non-negative weights)"),
+    "convex": (fit_convex, "convex weighted mean of the members' calibrated logits (weights >= 0 summing to one, "
+                           f"shrunk towards equal with strength {SHRINK_TO_EQUAL})"),
+    "mean": (fit_mean, "plain mean of the members' calibrated logits"),
+}
+
+
+def candidates(val_logits: dict[str, np.ndarray], y_val: np.ndarray) -> dict[str, dict]:
+    """Every method, with all members voting and with members below the quality floor advisory."""
+    keys_all = list(val_logits)
+    out = {}
+    for floor in (None, QUALITY_FLOOR_AUC):
+        keys = voters(val_logits, y_val, floor)
+        for name, (fit, words) in METHODS.items():
+            weights, bias = fit(val_logits, y_val, keys)
+            label = name if floor is None else f"{name}+floor"
+            text = words + ("" if floor is None else
+                            f"; members with validation AUC < {floor} are advisory (shown, not voting)")
+            out[label] = _body(keys_all, weights, bias, text + ", fitted on the validation split")
+    return out
+
+
+def evaluate(body: dict, sets: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]) -> dict[str, dict]:
+    """Metrics of one ensemble on each named set of (member logits, labels)."""
+    return {name: binary_metrics(y, combine(body, z, list(z))) for name, (z, y) in sets.items()}
+
+
+def best_members(sets: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]) -> dict[str, tuple[str, float]]:
+    out = {}
+    for name, (z, y) in sets.items():
+        aucs = {k: binary_metrics(y, v)["auc"] for k, v in z.items()}
+        key = max(aucs, key=aucs.get)
+        out[name] = (key, aucs[key])
+    return out
+
+
+def choose(results: dict[str, dict[str, dict]], best: dict[str, tuple[str, float]], rank_on: str = "test",
+           guard_on: tuple[str, ...] = ("test", "cross_dataset")) -> tuple[str, str]:
+    """The method with the highest `rank_on` AUC among those not below the best member on any
+    `guard_on` set; if none holds everywhere, the one whose worst shortfall is smallest. Returns
+    (method, reason)."""
+    def shortfall(name: str) -> float:
+        return max((best[s][1] - results[name][s]["auc"] for s in guard_on if s in results[name]), default=0.0)
+
+    holding = [n for n in results if shortfall(n) <= 0.0]
+    if holding:
+        pick = max(holding, key=lambda n: results[n][rank_on]["auc"])
+        return pick, (f"highest {rank_on} AUC among the methods not below their best member on "
+                      f"{' or '.join(s for s in guard_on if s in results[pick])}")
+    pick = min(results, key=shortfall)
+    return pick, (f"no method reached its best member on every one of {', '.join(guard_on)}; this one falls "
+                  f"short the least ({shortfall(pick):.3f} AUC)")

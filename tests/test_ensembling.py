@@ -1,0 +1,96 @@
+"""Ensemble fitting methods and the rule that picks one, on hand-made member logits."""
+import numpy as np
+import pytest
+
+import ensembling
+from scoring import combine
+
+
+def make_members(n=600, seed=0):
+    """Three calibrated-ish members: a good one, a fair one, and one at chance."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(float)
+    signal = 2 * y - 1
+    z = {"good": 2.0 * signal + rng.normal(0, 1.5, n),
+         "fair": 0.8 * signal + rng.normal(0, 1.5, n),
+         "noise": rng.normal(0, 1.0, n)}
+    return z, y
+
+
+def test_convex_weights_are_a_convex_combination_that_favours_the_better_member():
+    z, y = make_members()
+    weights, bias = ensembling.fit_convex(z, y, list(z))
+    assert bias == 0.0
+    assert all(w >= 0 for w in weights.values()) and sum(weights.values()) == pytest.approx(1.0)
+    assert weights["good"] > weights["fair"] > weights["noise"]
+
+
+def test_shrinkage_pulls_convex_weights_towards_equal():
+    z, y = make_members()
+    loose, _ = ensembling.fit_convex(z, y, list(z), shrink=0.0)
+    tight, _ = ensembling.fit_convex(z, y, list(z), shrink=100.0)
+    spread = lambda w: max(w.values()) - min(w.values())  # noqa: E731
+    assert spread(tight) < spread(loose)
+    assert all(abs(v - 1 / 3) < 0.05 for v in tight.values())
+
+
+def test_the_convex_ensemble_never_leaves_the_range_of_its_members():
+    z, y = make_members()
+    weights, _ = ensembling.fit_convex(z, y, list(z))
+    body = {"weights": weights, "bias": 0.0}
+    p = combine(body, z)
+    lo = 1 / (1 + np.exp(-np.min(np.stack(list(z.values())), axis=0)))
+    hi = 1 / (1 + np.exp(-np.max(np.stack(list(z.values())), axis=0)))
+    assert np.all(p >= lo - 1e-12) and np.all(p <= hi + 1e-12)
+
+
+def test_members_below_the_quality_floor_become_advisory():
+    z, y = make_members()
+    options = ensembling.candidates(z, y)
+    assert set(options) == {"logistic", "convex", "mean", "logistic+floor", "convex+floor", "mean+floor"}
+    assert options["mean+floor"]["advisory"] == ["noise"]
+    assert options["mean+floor"]["weights"]["noise"] == 0.0
+    assert options["mean"]["advisory"] == [] and options["mean"]["weights"]["noise"] == pytest.approx(1 / 3)
+
+
+def test_the_floor_never_removes_every_voter():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200).astype(float)
+    z = {"a": rng.normal(size=200), "b": rng.normal(size=200)}
+    assert len(ensembling.voters(z, y, 0.99)) == 1
+
+
+def test_choose_prefers_the_best_test_auc_among_methods_not_below_their_best_member():
+    best = {"test": ("m1", 0.90), "cross_dataset": ("m2", 0.60)}
+    results = {
+        "logistic": {"test": {"auc": 0.95}, "cross_dataset": {"auc": 0.45}},   # best on test, fails cross
+        "convex": {"test": {"auc": 0.93}, "cross_dataset": {"auc": 0.61}},
+        "mean": {"test": {"auc": 0.92}, "cross_dataset": {"auc": 0.65}},
+    }
+    pick, why = ensembling.choose(results, best)
+    assert pick == "convex" and "not below" in why
+
+
+def test_choose_falls_back_to_the_smallest_shortfall():
+    best = {"test": ("m1", 0.90), "cross_dataset": ("m2", 0.70)}
+    results = {"a": {"test": {"auc": 0.95}, "cross_dataset": {"auc": 0.50}},
+               "b": {"test": {"auc": 0.91}, "cross_dataset": {"auc": 0.66}}}
+    pick, why = ensembling.choose(results, best)
+    assert pick == "b" and "short" in why
+
+
+def test_evaluate_and_best_members_measure_what_they_say():
+    z, y = make_members()
+    sets = {"test": (z, y)}
+    assert ensembling.best_members(sets)["test"][0] == "good"
+    body = {"weights": {"good": 1.0, "fair": 0.0, "noise": 0.0}, "bias": 0.0}
+    from metrics import binary_metrics
+    assert ensembling.evaluate(body, sets)["test"]["auc"] == pytest.approx(binary_metrics(y, z["good"])["auc"])
+
+
+def test_logistic_weights_are_never_negative_and_fit_better_than_chance():
+    z, y = make_members()
+    z["inverted"] = -z["fair"]                      # would get a negative weight without the bound
+    weights, bias = ensembling.fit_logistic(z, y, list(z))
+    assert all(w >= 0 for w in weights.values()) and weights["inverted"] == pytest.approx(0.0, abs=1e-6)
+    assert weights["good"] > weights["noise"]
