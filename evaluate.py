@@ -103,7 +103,7 @@ def evaluate(data_dir: str, split: str = "test", models_dir=DEFAULT_MODELS_DIR, 
         table, keys = score_media_files(engine, paths, frames, models)
         label_of = dict(zip(paths, labels))
         if table.empty:
-            raise SystemExit("error: no faces found in any file")
+            raise MediaError("no faces found in any file")
         y = table["file"].map(label_of).to_numpy()
         logits = {k: table[k].to_numpy() for k in keys}
         video_ids = table["file"].tolist()
@@ -166,6 +166,47 @@ def public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
+def stability_report(data_dir: str, split: str, models_dir, models, samples: int, crops: bool,
+                     reframing_n: int, seed: int = 0) -> dict:
+    """`stability.stability` over `samples` crops and/or `stability.reframing` over `reframing_n`
+    crops of one split, drawn with a fixed seed (the same crops every run)."""
+    import stability
+
+    engine = ScoringEngine(models_dir)
+    engine.require_models()
+    records = data_handler.load_records(data_dir, seed=seed)
+    rows = records[records["split"] == split]
+    rows = rows.sample(n=min(len(rows), max(samples if crops else 0, reframing_n)), random_state=seed)
+    images = [c for c in (_read_crop(p) for p in rows["path"]) if c is not None]
+    out = {"data_dir": str(data_dir), "split": split, "test_time_flip": engine.flip_tta}
+    t0 = time.time()
+    if crops:
+        out["stability"] = stability.stability(engine, images[:samples], models, seed=seed)
+        out["stability_crops"] = len(images[:samples])
+    if reframing_n:
+        out["reframing"] = stability.reframing(engine, images[:reframing_n], models)
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def format_stability(result: dict) -> str:
+    lines = [f"{result['data_dir']} [{result['split']}] test-time flip: {result['test_time_flip']}"]
+    if "stability" in result:
+        lines.append(f"crop stability over {result['stability_crops']} crops x 5 views, |dP|:")
+        lines.append(f"{'model':<16}{'mean':>8}{'p95':>8}{'max':>8}   mean by view")
+        for k, m in result["stability"].items():
+            views = " ".join(f"{v} {d:.3f}" for v, d in m["by_view"].items())
+            lines.append(f"{k:<16}{m['mean']:8.4f}{m['p95']:8.4f}{m['max']:8.4f}   {views}")
+    if "reframing" in result:
+        r = result["reframing"]
+        lines.append(f"re-framing: {r['faces']} crops x 4 canvas versions through face finding "
+                     f"({r['versions_without_face']} versions without a face); spread of P(fake) per face:")
+        for k, m in r.items():
+            if isinstance(m, dict):
+                lines.append(f"{k:<16}{m['mean']:8.4f}{m['p95']:8.4f}{m['max']:8.4f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Evaluate the installed detectors on a labelled dataset.")
     p.add_argument("--data-dir", required=True, help="dataset folder (metadata.csv or real/ + fake/) or manifest")
@@ -177,9 +218,25 @@ def main(argv=None) -> int:
     p.add_argument("--find-faces", action="store_true", help="run face finding on images (full photos)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--stability", action="store_true",
+                   help="instead of accuracy: how much P(fake) moves under small re-cuts, the other resize filter "
+                        "and JPEG 75 (stability.py); default 500 crops, see --max-samples")
+    p.add_argument("--reframing", type=int, default=0, metavar="N",
+                   help="instead of accuracy: N crops placed on a canvas four ways and analysed through face "
+                        "finding; the spread of P(fake) per face (stability.py)")
     a = p.parse_args(argv)
     models = [m.strip() for m in a.models.split(",")] if a.models else None
-    result = evaluate(a.data_dir, a.split, a.models_dir, models, a.threshold, a.frames, a.find_faces, a.max_samples)
+    if a.stability or a.reframing:
+        result = stability_report(a.data_dir, a.split, a.models_dir, models, a.max_samples or 500, a.stability,
+                                  a.reframing)
+        print(json.dumps(result, indent=2) if a.json else format_stability(result))
+        return 0
+    try:
+        result = evaluate(a.data_dir, a.split, a.models_dir, models, a.threshold, a.frames, a.find_faces,
+                          a.max_samples)
+    except MediaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(public(result), indent=2) if a.json else format_table(result))
     return 0
 

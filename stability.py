@@ -1,0 +1,128 @@
+"""How much does a score move when nothing about the face changes? (issue 11)
+
+Two measurements, both printed by `evaluate.py`:
+
+* `crop_views` / `stability` (`evaluate.py --stability`): each test crop is re-cut as a detector might
+  have cut it (centre shifted by 5 % of the side, side 5 % larger or smaller), resized with the other
+  filter (bilinear straight to the model's input instead of area averaging), and re-saved as JPEG
+  quality 75. For each model and the ensemble: mean, 95th percentile and max of |P(view) - P(crop)|.
+* `reframing` (`evaluate.py --reframing`): the check as first reported, end to end through face
+  finding. Each crop is placed on a grey canvas four ways (1.5x its size centred; 1.45x and 1.55x
+  shifted by a few pixels; the centred one re-saved as JPEG 75) and analysed like an uploaded photo;
+  per face, the spread (max - min) of the ensemble P(fake) over its versions.
+"""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from registry import ENSEMBLE_KEY
+
+SHIFT = 0.05
+SCALE = 0.05
+JPEG_QUALITY = 75
+
+
+def recut(crop: np.ndarray, dx: float, dy: float, scale: float) -> np.ndarray:
+    """The square of side `scale` * side centred `dx`, `dy` sides away from the crop's centre, cut from
+    the crop (borders mirrored where it reaches outside) and resized back with INTER_CUBIC, as
+    `faces.crop_face` upsamples."""
+    size = crop.shape[0]
+    side = size * scale
+    cx, cy = size / 2 + dx * size, size / 2 + dy * size
+    matrix = np.array([[side / size, 0, cx - side / 2], [0, side / size, cy - side / 2]], np.float32)
+    return cv2.warpAffine(crop, matrix, (size, size), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT_101)
+
+
+def jpeg(crop: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def crop_views(crop: np.ndarray, rng: np.random.Generator, model_size: int) -> dict[str, np.ndarray]:
+    """Perturbed versions of one crop, named by what changed."""
+    sx, sy = rng.choice([-1.0, 1.0], size=2)
+    return {
+        "shift": recut(crop, sx * SHIFT, sy * SHIFT, 1.0),
+        "larger": recut(crop, 0.0, 0.0, 1.0 + SCALE),
+        "smaller": recut(crop, 0.0, 0.0, 1.0 - SCALE),
+        "filter": cv2.resize(crop, (model_size, model_size), interpolation=cv2.INTER_LINEAR),
+        "jpeg75": jpeg(crop),
+    }
+
+
+def dp_summary(diffs: np.ndarray) -> dict:
+    diffs = np.abs(np.asarray(diffs, np.float64))
+    return {"mean": round(float(diffs.mean()), 4), "p95": round(float(np.quantile(diffs, 0.95)), 4),
+            "max": round(float(diffs.max()), 4), "n": int(diffs.size)}
+
+
+def stability(engine, crops: list[np.ndarray], models=None, seed: int = 0, batch: int = 64) -> dict:
+    """|dP| between each crop and its views, for every model and the ensemble (see module doc)."""
+    keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
+    model_size = max(engine.models[k].input_size for k in keys)
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, dict[str, list]] = {k: {} for k in [*keys, ENSEMBLE_KEY]}
+    for start in range(0, len(crops), batch):
+        part = crops[start:start + batch]
+        views = [crop_views(c, rng, model_size) for c in part]
+        base = engine.score_crops(part, keys)
+        for name in views[0]:
+            moved = engine.score_crops([v[name] for v in views], keys)
+            for k in keys:
+                diffs[k].setdefault(name, []).append(moved.model_probabilities[k] - base.model_probabilities[k])
+            diffs[ENSEMBLE_KEY].setdefault(name, []).append(moved.ensemble_probability - base.ensemble_probability)
+    out = {}
+    for k, by_view in diffs.items():
+        pooled = np.concatenate([np.concatenate(v) for v in by_view.values()])
+        out[k] = {**dp_summary(pooled),
+                  "by_view": {name: dp_summary(np.concatenate(v))["mean"] for name, v in by_view.items()}}
+    return out
+
+
+def canvas_versions(crop: np.ndarray, grey: int = 128) -> list[np.ndarray]:
+    """The crop on a grey canvas: 1.5x centred, 1.45x and 1.55x shifted by a few pixels, and the
+    centred one re-saved as JPEG 75."""
+    def place(factor: float, dx: int, dy: int) -> np.ndarray:
+        size = crop.shape[0]
+        side = int(round(size * factor))
+        canvas = np.full((side, side, 3), grey, np.uint8)
+        x, y = (side - size) // 2 + dx, (side - size) // 2 + dy
+        canvas[y:y + size, x:x + size] = crop
+        return canvas
+
+    centred = place(1.5, 0, 0)
+    return [centred, place(1.45, 3, -2), place(1.55, -4, 3), jpeg(centred)]
+
+
+def reframing(engine, crops: list[np.ndarray], models=None) -> dict:
+    """Spread of the ensemble's (and each model's) P(fake) over each crop's canvas versions, through
+    face finding (`pipeline.analyze_image`); a version where no face is found is counted, not scored."""
+    from pipeline import analyze_image, build_report
+
+    keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
+    spreads: dict[str, list[float]] = {k: [] for k in [*keys, ENSEMBLE_KEY]}
+    missed = 0
+    for crop in crops:
+        scores: dict[str, list[float]] = {k: [] for k in spreads}
+        for version in canvas_versions(crop):
+            buf = io.BytesIO()
+            Image.fromarray(version).save(buf, format="PNG")   # as a user's file: lossless, like the issue's
+            report = build_report(analyze_image(buf.getvalue(), engine, name="version.png", models=keys),
+                                  engine, models=keys)
+            if report["fake_probability"] is None:
+                missed += 1
+                continue
+            scores[ENSEMBLE_KEY].append(report["fake_probability"])
+            for k in keys:
+                scores[k].append(report["models"][k])
+        for k, values in scores.items():
+            if len(values) >= 2:
+                spreads[k].append(max(values) - min(values))
+    return {"faces": len(crops), "versions_without_face": missed,
+            **{k: dp_summary(v) for k, v in spreads.items() if v}}

@@ -1,0 +1,52 @@
+"""Stability measurement (stability.py, evaluate.py --stability) and the test-time flip."""
+import numpy as np
+import pytest
+
+import stability
+from registry import ENSEMBLE_KEY
+from scoring import ScoringEngine
+
+
+def test_recut_without_change_is_the_crop_and_views_keep_the_shape(astronaut):
+    crop = np.ascontiguousarray(astronaut[20:244, 150:374])
+    same = stability.recut(crop, 0.0, 0.0, 1.0)
+    assert np.abs(same.astype(int) - crop.astype(int)).mean() < 1.0
+    views = stability.crop_views(crop, np.random.default_rng(0), model_size=96)
+    assert set(views) == {"shift", "larger", "smaller", "filter", "jpeg75"}
+    assert views["filter"].shape == (96, 96, 3)
+    for name in ("shift", "larger", "smaller", "jpeg75"):
+        assert views[name].shape == crop.shape and views[name].dtype == np.uint8
+        assert not np.array_equal(views[name], crop), name
+    # A larger box shows more: the centre of the crop shrinks towards the middle of the view.
+    assert np.abs(views["larger"].astype(int) - crop.astype(int)).mean() > 1.0
+
+
+def test_canvas_versions_put_the_crop_on_grey_at_three_scales():
+    crop = np.full((100, 100, 3), 200, np.uint8)
+    versions = stability.canvas_versions(crop)
+    assert [v.shape[0] for v in versions] == [150, 145, 155, 150]
+    assert versions[0][0, 0].tolist() == [128, 128, 128] and versions[0][75, 75].tolist() == [200, 200, 200]
+
+
+def test_flip_tta_scores_a_face_and_its_mirror_alike(random_models_dir, astronaut):
+    crop = np.ascontiguousarray(astronaut[20:244, 150:374])
+    mirror = np.ascontiguousarray(crop[:, ::-1])
+    with_flip = ScoringEngine(random_models_dir, runtime="torch", flip_tta=True)
+    result = with_flip.score_crops([crop, mirror])
+    for k, p in result.model_probabilities.items():
+        assert p[0] == pytest.approx(p[1], abs=1e-5), k
+    without = ScoringEngine(random_models_dir, runtime="torch", flip_tta=False)
+    plain = without.score_crops([crop, mirror])
+    assert any(abs(p[0] - p[1]) > 1e-4 for p in plain.model_probabilities.values())
+    # The flip average is the mean of the two plain logits.
+    for k in result.model_logits:
+        assert result.model_logits[k][0] == pytest.approx(plain.model_logits[k].mean(), abs=1e-5)
+
+
+def test_stability_reports_every_model_and_the_ensemble(engine, astronaut):
+    crops = [np.ascontiguousarray(astronaut[y:y + 200, x:x + 200]) for y, x in ((20, 150), (30, 160), (10, 140))]
+    out = stability.stability(engine, crops, seed=0, batch=2)
+    assert set(out) == {*engine.loaded_keys, ENSEMBLE_KEY}
+    for k, m in out.items():
+        assert m["n"] == 3 * 5 and 0.0 <= m["mean"] <= m["p95"] <= m["max"] <= 1.0
+        assert set(m["by_view"]) == {"shift", "larger", "smaller", "filter", "jpeg75"}
