@@ -28,7 +28,7 @@ def main(models_dir=ROOT / "converted_models") -> str:
         t, c = m["metrics"]["test"], m["metrics"].get("cross_dataset", {})
         tr = m.get("training", {})
         how = (f"{tr.get('train_time_s', 0) / 60:.0f} min CPU, {tr.get('epochs')} x "
-               f"{'pretrained trunk' if tr.get('pretrained_trunk') else 'from scratch'}"
+               f"{'from ImageNet weights' if tr.get('pretrained_trunk') else 'from scratch'}"
                f"{', distilled' if tr.get('distilled_from') else ''}")
         rows.append(f"| `{key}` | {m['title']} | {m['input_size']} | {m['num_parameters'] / 1e6:.1f} M | {how} | "
                     f"{fmt(t['auc'])} | {fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | "
@@ -38,7 +38,7 @@ def main(models_dir=ROOT / "converted_models") -> str:
         e = json.loads(ens.read_text())
         t, c = e["metrics"]["test"], e["metrics"].get("cross_dataset", {})
         w = ", ".join(f"{k} {v:.2f}" for k, v in e["weights"].items() if v > 0)
-        rows.append(f"| `ensemble` | {e.get('chosen', 'logistic')} ({w}) | - | - | fitted on val | {fmt(t['auc'])} | "
+        rows.append(f"| `ensemble` | {e.get('chosen', 'logistic')} ({w}) | - | - | chosen on val | {fmt(t['auc'])} | "
                     f"{fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | {fmt(c.get('auc'))} | "
                     f"{fmt(c.get('ap'))} | {fmt(c.get('eer'))} |")
         if e.get("comparison"):

