@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8501
 API_PORT ?= 8000
 
-.PHONY: run serve test bench install install-dev system-deps clean
+.PHONY: run serve test test-fast bench install install-dev system-deps clean
 
 $(VENV)/.installed: requirements.txt requirements-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ serve: $(VENV)/.installed
 
 test: install-dev
 	$(PY) -m pytest -q tests
+
+# The inner loop: everything but the tests marked slow (subprocess trainings, the benchmark smoke
+# test, the browser test, the fuzzers). `make test` (and CI) still run them all.
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmark.py

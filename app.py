@@ -32,6 +32,7 @@ import re
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -40,15 +41,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 import feature_visualization as fv
 import pipeline
-from media import MAX_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, MediaError
+from media import IMAGE_EXTENSIONS, MAX_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, MediaError, type_list
 from model_store import DEFAULT_MODELS_DIR
 from registry import MODEL_KEYS, get_spec
 from scoring import NoModelsError, ScoringEngine, no_models_message, verdict
 
 log = logging.getLogger("app")
 
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
-VIDEO_TYPES = ["mp4", "avi", "mov", "mkv", "webm"]
+IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]   # the file types every entry point accepts
+VIDEO_TYPES = [e.lstrip(".") for e in VIDEO_EXTENSIONS]
 MODES = ("Photo", "Video")
 FRAMES_MIN, FRAMES_MAX, FRAMES_STEP, FRAMES_DEFAULT = 10, min(300, MAX_VIDEO_FRAMES_ANALYSED), 10, 100
 MAX_CACHED_ANALYSES = 3        # per session; a 300-frame analysis holds a few hundred face crops
@@ -151,12 +152,20 @@ def test_input_path() -> str | None:
     return str(path) if path else None
 
 
-def get_upload(mode: str) -> tuple[str, bytes, str] | None:
+def get_upload(mode: str, hint: str) -> tuple[str, bytes, str] | None:
+    """(file name, bytes, SHA-256) of the upload for this mode, or None after showing `hint`."""
+    upload = read_upload(mode)
+    if upload is None:
+        st.info(hint)
+    return upload
+
+
+def read_upload(mode: str) -> tuple[str, bytes, str] | None:
     """(file name, bytes, SHA-256) of the upload for this mode, or None."""
     if mode == "Photo":
-        label, types = "Upload a photo (JPEG, PNG, WebP or BMP)", IMAGE_TYPES
+        label, types = f"Upload a photo ({type_list(IMAGE_EXTENSIONS).upper()})", IMAGE_TYPES
     else:
-        label, types = "Upload a video (MP4, AVI, MOV, MKV or WebM)", VIDEO_TYPES
+        label, types = f"Upload a video ({type_list(VIDEO_EXTENSIONS).upper()})", VIDEO_TYPES
     upload = st.file_uploader(label, type=types, key=f"upload_{mode}",
                               help="Files stay on this server only while they are analysed.")
     if upload is not None:
@@ -193,6 +202,21 @@ def store_analysis(key: tuple, analysis) -> None:
     cache.move_to_end(key)
     while len(cache) > MAX_CACHED_ANALYSES:
         cache.popitem(last=False)
+
+
+def get_analysis(key: tuple, name: str, run: Callable[[], pipeline.Analysis]) -> pipeline.Analysis | None:
+    """The session's analysis for `key` (the upload's SHA-256 and what else decides the result), or
+    `run()` it once and keep it; None, after one error box, when the analysis fails."""
+    analysis = cached_analysis(key)
+    if analysis is not None:
+        return analysis
+    try:
+        analysis = run()
+    except Exception as exc:  # noqa: BLE001 - shown as one error box, never a traceback
+        show_failure(exc, name)
+        return None
+    store_analysis(key, analysis)
+    return analysis
 
 
 def show_failure(exc: Exception, name: str) -> None:
@@ -266,6 +290,25 @@ def model_cards(probabilities: dict[str, float | None], threshold: float) -> Non
             st.badge(v, color="red" if v == "FAKE" else "green")
 
 
+def judged_card(title: str, crop: np.ndarray, text: str, v: str, models: dict[str, float | None],
+                threshold: float, *, crop_caption: str | None = None, title_beside: bool = False,
+                note: str | None = None) -> None:
+    """One face or person: its crop, its verdict line (red: FAKE), an optional note, one card per model."""
+    with st.container(border=True):
+        if not title_beside:
+            st.subheader(title)
+        c1, c2 = st.columns([1, 6])
+        with c1:
+            st.image(crop, width="stretch", caption=crop_caption)
+        with c2:
+            if title_beside:
+                st.subheader(title)
+            (st.error if v == "FAKE" else st.success)(text)
+            if note:
+                st.caption(note)
+            model_cards(models, threshold)
+
+
 def downloads(report: dict, table: list[dict], name: str, table_label: str) -> None:
     st.subheader("Download the results")
     stem = safe_stem(name)
@@ -285,16 +328,12 @@ def downloads(report: dict, table: list[dict], name: str, table_label: str) -> N
 # ---- explanations ----------------------------------------------------------------------------------
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_heat_map(directory: str, key: str, crop_id: str, direction: str, _crop: np.ndarray) -> np.ndarray:
-    engine = get_engine(directory)
-    lock = getattr(engine.runners.get(key), "lock", None)
-    return fv.grad_cam(engine.models[key], _crop, explain=direction, lock=lock)
+    return fv.engine_grad_cam(get_engine(directory), key, _crop, explain=direction)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_feature_maps(directory: str, key: str, crop_id: str, _crop: np.ndarray) -> list:
-    engine = get_engine(directory)
-    lock = getattr(engine.runners.get(key), "lock", None)
-    return fv.feature_maps(engine.models[key], _crop, lock=lock)
+    return fv.engine_feature_maps(get_engine(directory), key, _crop)
 
 
 def explanations(engine: ScoringEngine, directory: str, candidates: list[tuple[str, np.ndarray]],
@@ -364,68 +403,101 @@ def explanations(engine: ScoringEngine, directory: str, candidates: list[tuple[s
 
 
 # ---- photo mode ------------------------------------------------------------------------------------
-def face_table(report: dict) -> list[dict]:
-    rows = []
-    for i, f in enumerate(report["faces"], start=1):
-        x1, y1, x2, y2 = f["box"]
-        rows.append({"face": i, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-                     "detection_probability": f["detection_probability"],
-                     "ensemble": f["fake_probability"], "verdict": f["verdict"],
-                     **{k: f["models"].get(k) for k in report["models_used"]}})
-    return rows
-
-
 def photo_mode(engine: ScoringEngine, directory: str, active: list[str], threshold: float) -> None:
-    upload = get_upload("Photo")
+    upload = get_upload("Photo", "Upload a photo with one or more faces. Every face is found, cut out and "
+                        "judged by each detector; the photo's verdict is its most suspicious face's.")
     if upload is None:
-        st.info("Upload a photo with one or more faces. Every face is found, cut out and judged by each "
-                "detector; the photo's verdict is its most suspicious face's.")
         return
     name, data, digest = upload
-    key = ("image", digest, tuple(engine.loaded_keys), directory)
-    analysis = cached_analysis(key)
+
+    def run() -> pipeline.Analysis:
+        with st.spinner("Finding faces and asking the detectors…"):
+            return pipeline.analyze_image(data, engine, name=name)
+
+    analysis = get_analysis(("image", digest, tuple(engine.loaded_keys), directory), name, run)
     if analysis is None:
-        try:
-            with st.spinner("Finding faces and asking the detectors…"):
-                analysis = pipeline.analyze_image(data, engine, name=name)
-        except Exception as exc:  # noqa: BLE001 - shown as one error box, never a traceback
-            show_failure(exc, name)
-            return
-        store_analysis(key, analysis)
+        return
     report = pipeline.build_report(analysis, engine, threshold, active)
-    st.caption(f"File: {md_escape(name)} · {analysis.width}×{analysis.height} pixels")
-    headline(report, "photo")
-    n = len(report["faces"])
-    m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Verdict", verdict_word(report["verdict"]), border=True)
-    m2.metric("Fake probability", pct(report["fake_probability"]), help=SCORE_HELP, border=True)
-    m3.metric("Faces found", n, border=True)
-    m4.metric("Threshold", pct(report["threshold"]), help=THRESHOLD_HELP, border=True)
-    if n == 0:
+    photo_summary(report, analysis, name)
+    if not report["faces"]:
         st.image(analysis.image, caption="Your photo (no face found)", width="content")
         return
     st.image(annotate(analysis.image, report["faces"]), width="content",
              caption="Every face found, boxed and numbered (red: judged fake, green: judged real)")
+    photo_faces(report, analysis, threshold)
+    explanations(engine, directory, [(f"Face {i}", r.crop) for i, r in enumerate(analysis.faces, start=1)],
+                 active, "photo")
+    downloads(report, pipeline.face_table(report), name, "Face table")
+
+
+def photo_summary(report: dict, analysis: pipeline.Analysis, name: str) -> None:
+    st.caption(f"File: {md_escape(name)} · {analysis.width}×{analysis.height} pixels")
+    headline(report, "photo")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Verdict", verdict_word(report["verdict"]), border=True)
+    m2.metric("Fake probability", pct(report["fake_probability"]), help=SCORE_HELP, border=True)
+    m3.metric("Faces found", len(report["faces"]), border=True)
+    m4.metric("Threshold", pct(report["threshold"]), help=THRESHOLD_HELP, border=True)
+
+
+def photo_faces(report: dict, analysis: pipeline.Analysis, threshold: float) -> None:
     st.subheader("Face by face")
     st.caption(f"Each face gets one card per detector and the ensemble's verdict. {SCORE_HELP}")
     for i, (record, face) in enumerate(zip(analysis.faces, report["faces"]), start=1):
-        with st.container(border=True):
-            st.subheader(f"Face {i}")
-            c1, c2 = st.columns([1, 6])
-            with c1:
-                st.image(record.crop, width="stretch")
-            with c2:
-                v = face["verdict"]
-                text = (f"**Ensemble: {pct(face['fake_probability'])} fake → {verdict_word(v)}** "
-                        f"(detection confidence {pct(face['detection_probability'])})")
-                (st.error if v == "FAKE" else st.success)(text)
-                model_cards(face["models"], threshold)
-    explanations(engine, directory, [(f"Face {i}", r.crop) for i, r in enumerate(analysis.faces, start=1)],
-                 active, "photo")
-    downloads(report, face_table(report), name, "Face table")
+        v = face["verdict"]
+        judged_card(f"Face {i}", record.crop,
+                    f"**Ensemble: {pct(face['fake_probability'])} fake → {verdict_word(v)}** "
+                    f"(detection confidence {pct(face['detection_probability'])})",
+                    v, face["models"], threshold)
 
 
 # ---- video mode ------------------------------------------------------------------------------------
+def video_mode(engine: ScoringEngine, directory: str, active: list[str], threshold: float) -> None:
+    frames = st.slider("Frames to analyse", FRAMES_MIN, FRAMES_MAX, FRAMES_DEFAULT, FRAMES_STEP, key="frames",
+                       help="Frames are picked evenly over the whole video. More frames: a surer verdict, "
+                            "but a longer wait.")
+    upload = get_upload("Video", "Upload a video. Frames are sampled evenly, every face in them is found and "
+                        "followed over time (one track per person), and each person is judged on all their frames.")
+    if upload is None:
+        return
+    name, data, digest = upload
+    analysis = video_analysis(engine, directory, name, data, digest, frames)
+    if analysis is None:
+        return
+    report = pipeline.build_report(analysis, engine, threshold, active)
+    video_summary(report, analysis, name)
+    if not report["faces"]:
+        return
+    candidates = person_cards(report, analysis, threshold)
+    video_timeline(report, analysis, threshold)
+    video_statistics(report)
+    face_grid(report, analysis)
+    explanations(engine, directory, candidates, active, "video")
+    downloads(report, report["frame_table"], name, "Frame table")
+
+
+def video_analysis(engine: ScoringEngine, directory: str, name: str, data: bytes, digest: str,
+                   frames: int) -> pipeline.Analysis | None:
+    """The analysis with `frames` frames; while only one with another number of frames is kept, that
+    one is shown until the user asks for the new analysis (a long video takes a while)."""
+    models_key = tuple(engine.loaded_keys)
+    key = ("video", digest, frames, models_key, directory)
+    analysis = cached_analysis(key)
+    if analysis is not None:
+        return analysis
+    previous = st.session_state.setdefault("_last_video", {}).get((digest, models_key, directory))
+    earlier = cached_analysis(previous) if previous else None
+    if earlier is not None and not st.button(f"Analyse again with {frames} frames", type="primary",
+                                             key="reanalyse"):
+        st.info(f"Showing the analysis with {previous[2]} frames. Press the button to analyse "
+                f"{frames} frames instead.")
+        return earlier
+    analysis = get_analysis(key, name, lambda: run_video_analysis(name, data, engine, frames))
+    if analysis is not None:
+        st.session_state["_last_video"] = {(digest, models_key, directory): key}
+    return analysis
+
+
 def run_video_analysis(name: str, data: bytes, engine: ScoringEngine, frames: int):
     """Write the upload to a temporary file, analyse it with a progress bar, always delete the file."""
     bar = st.progress(0.0, text="Reading the video…")
@@ -487,85 +559,55 @@ def timeline_chart(rows: list[dict], keys: list[str], threshold: float, has_time
     return (lines + rule).properties(height=320)
 
 
-def video_mode(engine: ScoringEngine, directory: str, active: list[str], threshold: float) -> None:
-    frames = st.slider("Frames to analyse", FRAMES_MIN, FRAMES_MAX, FRAMES_DEFAULT, FRAMES_STEP, key="frames",
-                       help="Frames are picked evenly over the whole video. More frames: a surer verdict, "
-                            "but a longer wait.")
-    upload = get_upload("Video")
-    if upload is None:
-        st.info("Upload a video. Frames are sampled evenly, every face in them is found and followed over "
-                "time (one track per person), and each person is judged on all their frames.")
-        return
-    name, data, digest = upload
-    models_key = tuple(engine.loaded_keys)
-    key = ("video", digest, frames, models_key, directory)
-    analysis = cached_analysis(key)
-    if analysis is None:
-        previous = st.session_state.setdefault("_last_video", {}).get((digest, models_key, directory))
-        earlier = cached_analysis(previous) if previous else None
-        if earlier is not None and not st.button(f"Analyse again with {frames} frames", type="primary",
-                                                 key="reanalyse"):
-            st.info(f"Showing the analysis with {previous[2]} frames. Press the button to analyse "
-                    f"{frames} frames instead.")
-            analysis = earlier
-        else:
-            try:
-                analysis = run_video_analysis(name, data, engine, frames)
-            except Exception as exc:  # noqa: BLE001 - shown as one error box, never a traceback
-                show_failure(exc, name)
-                return
-            store_analysis(key, analysis)
-            st.session_state["_last_video"] = {(digest, models_key, directory): key}
-    report = pipeline.build_report(analysis, engine, threshold, active)
+def video_summary(report: dict, analysis: pipeline.Analysis, name: str) -> None:
     duration = f" · {analysis.frame_count / analysis.fps:.1f} s" if analysis.fps and analysis.frame_count else ""
     st.caption(f"File: {md_escape(name)} · {analysis.width}×{analysis.height}{duration} · "
                f"{analysis.frames_analyzed} frames analysed")
     headline(report, "video")
     persons = report.get("persons", [])
+    people = report.get("people", len(persons))
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Verdict", verdict_word(report["verdict"]), border=True)
     m2.metric("Fake probability", pct(report["fake_probability"]), border=True,
               help="The most suspicious person's mean fake probability over the frames they appear in.")
-    brief = len(persons) - report.get("people", len(persons))
-    m3.metric("People found", report.get("people", len(persons)), border=True,
+    m3.metric("People found", people, border=True,
               help="Faces are followed from frame to frame; each track is one person. Tracks seen only "
                    "briefly (likely false detections) are listed below but not counted."
-                   + (f" {brief} brief track(s) not counted." if brief else ""))
+                   + (f" {len(persons) - people} brief track(s) not counted." if len(persons) > people else ""))
     m4.metric("Frames with a face", f"{report['frames_with_faces']} of {report['frames_analyzed']}", border=True)
     for note in report.get("notes", []):
         st.caption(md_escape(note))
-    if not report["faces"]:
-        return
 
-    scores = [f["fake_probability"] for f in report["faces"]]
+
+def person_cards(report: dict, analysis: pipeline.Analysis, threshold: float) -> list[tuple[str, np.ndarray]]:
+    """One card per person (track); returns the explanation candidates: each person's representative face."""
     st.subheader("Person by person")
     candidates = []
-    for person in persons:
+    for person in report.get("persons", []):
         best = person["representative_face"]
         crop = analysis.faces[best].crop
         candidates.append((f"Person {person['person']} (frame {report['faces'][best]['frame']})", crop))
-        with st.container(border=True):
-            c1, c2 = st.columns([1, 6])
-            with c1:
-                st.image(crop, width="stretch", caption="most suspicious frame")
-            with c2:
-                st.subheader(f"Person {person['person']}")
-                v = person["verdict"]
-                text = (f"**{pct(person['fake_probability'])} fake on average → {verdict_word(v)}** · seen in "
-                        f"{person['frames']} analysed frames from frame {person['first_frame']}")
-                (st.error if v == "FAKE" else st.success)(text)
-                if not person["counted"]:
-                    st.caption("Seen only briefly: not counted and not used for the video's verdict (it may "
-                               "be a false detection).")
-                model_cards(person["models"], threshold)
+        v = person["verdict"]
+        judged_card(f"Person {person['person']}", crop,
+                    f"**{pct(person['fake_probability'])} fake on average → {verdict_word(v)}** · seen in "
+                    f"{person['frames']} analysed frames from frame {person['first_frame']}",
+                    v, person["models"], threshold, crop_caption="most suspicious frame", title_beside=True,
+                    note=None if person["counted"] else
+                    "Seen only briefly: not counted and not used for the video's verdict (it may be a false "
+                    "detection).")
+    return candidates
 
+
+def video_timeline(report: dict, analysis: pipeline.Analysis, threshold: float) -> None:
     st.subheader("Over time")
     st.caption("Each line is a detector's fake probability for the most suspicious face in each analysed "
                "frame; the thick line is the ensemble, the dashed line the threshold. Frames above the "
                "dashed line look fake.")
-    table = report["frame_table"]
-    st.altair_chart(timeline_chart(table, report["models_used"], threshold, bool(analysis.fps)), width="stretch")
+    st.altair_chart(timeline_chart(report["frame_table"], report["models_used"], threshold, bool(analysis.fps)),
+                    width="stretch")
 
+
+def video_statistics(report: dict) -> None:
     stats = report.get("statistics") or {}
     st.subheader("Statistics over the frames")
     s = st.columns(6)
@@ -579,25 +621,26 @@ def video_mode(engine: ScoringEngine, directory: str, active: list[str], thresho
                 help="Share of the frames with a face whose score is at or above the threshold.")
     st.caption(f"{stats.get('frames_without_face', 0)} analysed frames had no face.")
 
+
+def face_grid(report: dict, analysis: pipeline.Analysis) -> None:
+    """Thumbnails of the faces found (at most MAX_GRID_FACES, evenly over the video)."""
+    faces = report["faces"]
     st.subheader("Faces found")
-    order = list(range(len(report["faces"])))
+    order = list(range(len(faces)))
     if len(order) > MAX_GRID_FACES:
         order = [order[int(i * len(order) / MAX_GRID_FACES)] for i in range(MAX_GRID_FACES)]
-        st.caption(f"Showing {MAX_GRID_FACES} of {len(report['faces'])} faces, evenly over the video.")
+        st.caption(f"Showing {MAX_GRID_FACES} of {len(faces)} faces, evenly over the video.")
     st.caption("P: person, f: frame number, then the face's fake probability.")
     st.image([analysis.faces[i].crop for i in order], width=112,
-             caption=[f"P{report['faces'][i]['track'] + 1} · f{report['faces'][i]['frame']} · "
-                      f"{pct(scores[i]).replace(' ', '')}" for i in order])
-
-    explanations(engine, directory, candidates, active, "video")
-    downloads(report, table, name, "Frame table")
+             caption=[f"P{faces[i]['track'] + 1} · f{faces[i]['frame']} · "
+                      f"{pct(faces[i]['fake_probability']).replace(' ', '')}" for i in order])
 
 
 # ---- page ------------------------------------------------------------------------------------------
 def main() -> None:
     st.set_page_config(page_title="Deepfake Detection Studio", page_icon=":material/policy:", layout="wide")
     st.title(":material/policy: Deepfake Detection Studio")
-    st.caption("Is this face real or manipulated? Upload a photo or a video: five independently trained "
+    st.caption("Is this face real or manipulated? Upload a photo or a video: independently trained "
                "detectors judge every face, and their ensemble gives the verdict.")
     directory = models_dir()
     try:

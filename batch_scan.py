@@ -21,10 +21,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from media import ACCEPTED_EXTENSIONS
 from registry import MODEL_KEYS
 
-ACCEPTED_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 RESOLVED_KEY = "resolved_path"   # added to every output line: what --resume matches on
 ERROR_VERDICT = "ERROR"          # the verdict column of a CSV row for an input that failed
 

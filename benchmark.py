@@ -172,19 +172,9 @@ def make_video(path: Path, seconds: float, fps: int = 25, size=(1280, 720)) -> P
 
 def write_random_models(out_dir: Path, size: int = RANDOM_MODEL_SIZE, seed: int = 0) -> Path:
     """Random-weight converted models (deterministic: same seed, same weights, same ONNX cache key)."""
-    import torch
+    import model_store
 
-    from model_store import atomic_write_json, save_converted_model
-    from registry import MODEL_KEYS, get_spec
-
-    torch.manual_seed(seed)
-    for key in MODEL_KEYS:
-        model = get_spec(key).build(size, pretrained=False)
-        save_converted_model(model, key, out_dir, input_size=size, extra={"note": "random weights (benchmark)"})
-    # Equal weights summing to 1 (the engine's fallback without a learnt ensemble).
-    atomic_write_json(out_dir / "ensemble.json", {"key": "ensemble", "weights": {k: 1.0 / len(MODEL_KEYS) for k in MODEL_KEYS},
-                                                  "bias": 0.0, "threshold": 0.5})
-    return out_dir
+    return model_store.write_random_models(out_dir, size=size, seed=seed, extra={"note": "random weights (benchmark)"})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,15 +218,14 @@ class Naive:
     def new_mtcnn(self):
         from facenet_pytorch import MTCNN
 
-        from faces import MIN_FACE_SIZE_PX
-        return MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX, thresholds=[0.6, 0.7, 0.7],
+        from faces import MIN_FACE_SIZE_PX, MTCNN_THRESHOLDS
+        return MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX, thresholds=list(MTCNN_THRESHOLDS),
                      post_process=False)
 
     def faces_in(self, frame: np.ndarray, index: int) -> list:
         import torch
 
-        from faces import MIN_FACE_PROBABILITY, Face, crop_face
-        from media import MAX_FACES_PER_IMAGE
+        from faces import MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, crop_face
         from pipeline import FaceRecord
         from scoring import prepare_batch
 

@@ -26,10 +26,10 @@ import data_handler
 import ensembling
 from evaluate import score_face_crops
 from metrics import binary_metrics
-from model_store import DEFAULT_MODELS_DIR, atomic_write_json, read_manifest, save_converted_model
+from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, model_from_checkpoint, read_manifest,
+                         save_converted_model)
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
 from scoring import ScoringEngine, sigmoid
-from training_engine import load_checkpoint
 
 log = logging.getLogger("convert")
 
@@ -72,12 +72,9 @@ def _metric_cmd(data_dir: str, split: str) -> str:
 
 
 def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data: str | None) -> dict:
-    ckpt = load_checkpoint(Path(checkpoint))
-    config = json.loads(ckpt["config"])
+    model, config, ckpt = model_from_checkpoint(checkpoint)
     key = config["model"]
     spec = get_spec(key)
-    model = spec.build(config["input_size"], pretrained=False, **config.get("arch_args", {}))
-    model.load_state_dict(ckpt["model"])
     history = json.loads(ckpt["history"])
     training = {
         "dataset": config.get("dataset"), "data_dir": config.get("data_dir"), "split": "train",

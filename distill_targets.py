@@ -6,25 +6,19 @@ python distill_targets.py --data-dir ../shared/datasets/dfdc-faces \
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import data_handler
+from model_store import model_from_checkpoint
 from registry import get_spec
-from training_engine import load_checkpoint
 
 
 @torch.no_grad()
 def checkpoint_logits(checkpoint: str, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    ckpt = load_checkpoint(Path(checkpoint))
-    config = json.loads(ckpt["config"])
+    model, config, _ = model_from_checkpoint(checkpoint)
     spec = get_spec(config["model"])
-    model = spec.build(config["input_size"], pretrained=False, **config.get("arch_args", {}))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
     transform = data_handler.eval_transform(config["input_size"], *spec.normalisation(config.get("arch_args")))
     out = []
     for start in range(0, len(images), batch_size):

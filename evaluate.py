@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 import data_handler
-from media import VIDEO_EXTENSIONS, MediaError
+from media import ACCEPTED_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from metrics import binary_metrics, video_level_auc
 from model_store import DEFAULT_MODELS_DIR
 from registry import ENSEMBLE_KEY
@@ -91,7 +91,7 @@ def evaluate(data_dir: str, split: str = "test", models_dir=DEFAULT_MODELS_DIR, 
     engine.require_models()
     threshold = engine.default_threshold if threshold is None else threshold
     records = data_handler.load_records(data_dir, seed=seed) if not _is_media_folder(data_dir) else \
-        _media_records(data_dir, seed)
+        _media_records(data_dir)
     rows = records[records["split"] == split]
     if max_samples and len(rows) > max_samples:
         rows = rows.sample(n=max_samples, random_state=seed)
@@ -137,11 +137,11 @@ def _is_media_folder(data_dir: str) -> bool:
     return any(p.suffix.lower() in VIDEO_EXTENSIONS for p in root.rglob("*") if p.is_file())
 
 
-def _media_records(data_dir: str, seed: int) -> pd.DataFrame:
+def _media_records(data_dir: str) -> pd.DataFrame:
     rows = []
     for name, label in data_handler.LABELS.items():
         for p in sorted((Path(data_dir) / name).rglob("*")):
-            if p.is_file() and (p.suffix.lower() in VIDEO_EXTENSIONS or p.suffix.lower() in data_handler.IMAGE_EXTENSIONS):
+            if p.is_file() and p.suffix.lower() in ACCEPTED_EXTENSIONS:
                 rows.append({"path": str(p), "label": label, "group": p.stem})
     records = pd.DataFrame(rows)
     # A folder of media without a manifest is one evaluation set: every file is in `test`.
@@ -178,7 +178,9 @@ def stability_report(data_dir: str, split: str, models_dir, models, samples: int
     rows = records[records["split"] == split]
     rows = rows.sample(n=min(len(rows), max(samples if crops else 0, reframing_n)), random_state=seed)
     images = [c for c in (_read_crop(p) for p in rows["path"]) if c is not None]
-    out = {"data_dir": str(data_dir), "split": split, "test_time_flip": engine.flip_tta}
+    command = f"python evaluate.py --data-dir {data_dir} --split {split}" + \
+        (f" --stability --max-samples {samples}" if crops else "") + (f" --reframing {reframing_n}" if reframing_n else "")
+    out = {"data_dir": str(data_dir), "split": split, "test_time_flip": engine.flip_tta, "command": command}
     t0 = time.time()
     if crops:
         out["stability"] = stability.stability(engine, images[:samples], models, seed=seed)

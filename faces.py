@@ -13,12 +13,17 @@ import cv2
 import numpy as np
 import torch
 
-from media import DETECTION_MAX_SIDE, MAX_FACES_PER_IMAGE
+from process_wide import once
 
+# ---- Detector settings (limits documented in README "Limits and safety") ----------------------------
 MIN_FACE_PROBABILITY = 0.9
+MIN_FACE_SIZE_PX = 20
+MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)        # P-Net, R-Net, O-Net stage thresholds
+MAX_FACES_PER_IMAGE = 32                  # more faces than this: the largest 32 are scored
+DETECTION_MAX_SIDE = 1024                 # images are downscaled to this for face finding
+# ---- Crop geometry (recorded in every converted model's manifest, see model_store.DEFAULT_CROP) -------
 CROP_Y_SHIFT = 0.049
 CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
-MIN_FACE_SIZE_PX = 20
 
 
 @dataclass
@@ -77,20 +82,21 @@ class FaceDetector:
         self.max_side = max_side
         self.max_faces = max_faces
         self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX,
-                            thresholds=[0.6, 0.7, 0.7], post_process=False)
+                            thresholds=list(MTCNN_THRESHOLDS), post_process=False)
         # channels_last weights: P-Net's conv/PReLU/max-pool then run in oneDNN's fast layout
         # (measured 52 -> 38 ms per 640 px frame on 1 core, boxes equal to 1e-4 px; docs/performance.md).
         for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
             net.to(memory_format=torch.channels_last)
         self._lock = threading.Lock()
 
-    def detect(self, images: list[np.ndarray], first_frame_index: int = 0,
-               frame_indices: list[int] | None = None, max_side: int | None = None) -> list[list[Face]]:
-        """Faces (probability >= threshold, largest first, at most max_faces) for each RGB image."""
+    def detect(self, images: list[np.ndarray], frame_indices: list[int] | None = None,
+               max_side: int | None = None) -> list[list[Face]]:
+        """Faces (probability >= threshold, largest first, at most max_faces) for each RGB image;
+        `frame_indices` (default 0, 1, ...) become the faces' `frame`."""
         max_side = max_side or self.max_side
         if not images:
             return []
-        indices = frame_indices if frame_indices is not None else [first_frame_index + i for i in range(len(images))]
+        indices = frame_indices if frame_indices is not None else list(range(len(images)))
         results: list[list[Face]] = [[] for _ in images]
         # MTCNN batches only same-sized images: group by shape after downscaling.
         groups: dict[tuple, list[int]] = {}
@@ -137,14 +143,7 @@ class FaceDetector:
         return faces[: self.max_faces]
 
 
-_DETECTOR: FaceDetector | None = None
-_DETECTOR_LOCK = threading.Lock()
-
-
+@once
 def get_face_detector() -> FaceDetector:
     """The process-wide detector (MTCNN is built once: it costs ~0.3 s)."""
-    global _DETECTOR
-    with _DETECTOR_LOCK:
-        if _DETECTOR is None:
-            _DETECTOR = FaceDetector()
-        return _DETECTOR
+    return FaceDetector()

@@ -4,7 +4,7 @@
 PyTorch on *any* exception, so everything here raises rather than return something doubtful:
 
 * Export: fp32, from `loaded.model`, with a dynamic batch axis. The TorchScript-based exporter
-  (`dynamo=False`) is tried first: it exports all five architectures here (timm Xception,
+  (`dynamo=False`) is tried first: it exports every architecture in the registry (timm Xception,
   EfficientNet-B3 and Swin, and the two custom transformer models), while the default dynamo
   exporter of torch 2.9+ needs the `onnxscript` package, which the project does not install. Should
   a future torch drop the TorchScript exporter, the dynamo exporter is tried next.
@@ -41,7 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_store import LoadedModel, atomic_write_json
+from fileio import atomic_write_bytes, atomic_write_json, sha256_of
+from process_wide import once, release_free_memory
+from model_store import LoadedModel
 
 log = logging.getLogger("fast_runtime")
 
@@ -154,46 +156,18 @@ def _export_bytes(model: torch.nn.Module, size: int) -> tuple[bytes, str]:
     raise OnnxUnavailable("ONNX export failed (" + "; ".join(errors) + ")")
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc malloc_trim; a no-op elsewhere).
-
-    Exporting, loading and each analysis (MTCNN's large temporaries) leave freed memory in the heap
-    that glibc keeps: trimmed, RSS after a 100-frame video fell from 2.2 GB to 1.4-1.8 GB."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-_SHARED_ARENA: bool | None = None
-_SHARED_ARENA_LOCK = threading.Lock()
-
-
+@once
 def _shared_arena() -> bool:
     """Register (once per process) a CPU arena allocator that sessions can share; False if unsupported."""
-    global _SHARED_ARENA
-    with _SHARED_ARENA_LOCK:
-        if _SHARED_ARENA is None:
-            try:
-                import onnxruntime as ort
+    try:
+        import onnxruntime as ort
 
-                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's defaults
-                _SHARED_ARENA = True
-            except Exception as exc:  # noqa: BLE001 - older/other builds: one arena-less session each
-                log.info("no shared ONNX Runtime arena (%s)", exc)
-                _SHARED_ARENA = False
-        return _SHARED_ARENA
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's defaults
+        return True
+    except Exception as exc:  # noqa: BLE001 - older/other builds: one arena-less session each
+        log.info("no shared ONNX Runtime arena (%s)", exc)
+        return False
 
 
 def _session_options():
@@ -205,8 +179,8 @@ def _session_options():
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    # One memory arena shared by all sessions instead of one each: five arenas each keep their model's
-    # largest activations for good (peak RSS of a 100-frame video 1.84-1.93 GB); no arena re-allocates
+    # One memory arena shared by all sessions instead of one each: one arena per model (five when
+    # measured) each keeps its model's largest activations for good (peak RSS of a 100-frame video 1.84-1.93 GB); no arena re-allocates
     # every run (1.54-1.56 GB, models 3.2 s per 100 faces); shared: 1.57-1.62 GB, models 2.6-3.0 s
     # (docs/performance.md).
     if _shared_arena():
@@ -228,7 +202,10 @@ def _max_excess(onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
 
 
 class OnnxRunner:
-    """One converted model as an ONNX Runtime session (CPU); `logits(batch)` like TorchRunner's."""
+    """One converted model as an ONNX Runtime session (CPU); a scoring.Runner like TorchRunner.
+
+    Scores never touch the torch module; `model` (the torch module, for explanations) and `lock`
+    (guarding it) are there so that explanations hold the same lock as with TorchRunner."""
 
     runtime = "onnx"
 
@@ -236,6 +213,8 @@ class OnnxRunner:
         import onnxruntime as ort  # noqa: F401 - fail early (-> torch fallback) if it is missing
 
         self.key = loaded.key
+        self.model = loaded.model
+        self.lock = threading.Lock()
         self.input_size = loaded.input_size
         self.batch_size = max(1, BATCH_PIXELS // (loaded.input_size * loaded.input_size))
         self.onnx_path, self.record_path = cache_paths(loaded, Path(directory) if directory else None)
@@ -285,7 +264,7 @@ class OnnxRunner:
         t0 = time.perf_counter()
         try:
             record = json.loads(self.record_path.read_text(encoding="utf-8"))
-            digest = _sha256_of(self.onnx_path)
+            digest = sha256_of(self.onnx_path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             self.cache_problem = f"cache record unreadable ({type(exc).__name__})"
             return self._discard()
@@ -335,7 +314,7 @@ class OnnxRunner:
                   "exporter": exporter, "torch": torch.__version__, "max_abs_diff_vs_torch": self.max_abs_diff,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
-            self._write_atomic(data)
+            atomic_write_bytes(self.onnx_path, data)
             atomic_write_json(self.record_path, record)
             self._prune()
         except OSError as exc:  # a read-only cache only costs the next start another export
@@ -352,20 +331,6 @@ class OnnxRunner:
             for path in (old, old.with_name(old.name + ".json")):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-
-    def _write_atomic(self, data: bytes) -> None:
-        self.onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.onnx_path.name}.", suffix=".tmp", dir=self.onnx_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.onnx_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     # ---------------------------------------------------------------------------------------------
     def logits(self, batch: torch.Tensor) -> np.ndarray:

@@ -5,15 +5,19 @@ Plain functions (no Streamlit), used by the app and tested on their own:
     feature_maps(loaded, crop)   -> [LayerFeatures]  CNN stages named in the registry (`feature_layers`):
                                     the mean activation over channels and the most active channels
     grad_cam(loaded, crop)       -> (S, S) float32 in [0, 1]: Grad-CAM (pytorch_grad_cam) at the
-                                    registry's `cam_layer`, for all five models, transformers included
+                                    registry's `cam_layer`, for every registered model, transformers included
                                     (channels-last outputs such as Swin's (B, H, W, C) are reshaped)
     overlay(crop, heat, opacity) -> uint8 RGB: a heat map blended over the face
 
 `loaded` is a model_store.LoadedModel (the app passes engine.models[key]); the crop is the pipeline's
 uint8 RGB face crop, prepared exactly as for scoring (scoring.prepare_batch: the model's own input
 size, mean and std). The heat map explains the *fake* logit: warm regions pushed the model towards
-"fake". Every function takes an optional lock (the scoring engine's per-model lock) because hooks on
-a shared model must not see another session's forward pass.
+"fake". Every function takes an optional lock because hooks on a shared model must not see another
+session's forward pass; on a shared scoring engine, use the `engine_*` functions, which hold the
+model's runner lock (scoring.Runner.lock: the same with the torch and the ONNX runtime).
+
+    engine_grad_cam(engine, key, crop)      -> grad_cam of engine.models[key] under its runner's lock
+    engine_feature_maps(engine, key, crop)  -> feature_maps likewise
 """
 from __future__ import annotations
 
@@ -217,6 +221,17 @@ def grad_cam(loaded: LoadedModel, crop: np.ndarray, layer: str | None = None, ch
     return np.clip(np.nan_to_num(heat), 0.0, 1.0)
 
 
+def engine_grad_cam(engine, key: str, crop: np.ndarray, explain: str = "fake") -> np.ndarray:
+    """Grad-CAM of one of a (shared) ScoringEngine's models, under the lock of that model's runner."""
+    return grad_cam(engine.models[key], crop, explain=explain, lock=engine.runners[key].lock)
+
+
+def engine_feature_maps(engine, key: str, crop: np.ndarray,
+                        top_k: int = DEFAULT_TOP_CHANNELS) -> list[LayerFeatures]:
+    """Feature maps of one of a (shared) ScoringEngine's models, under the lock of that model's runner."""
+    return feature_maps(engine.models[key], crop, top_k=top_k, lock=engine.runners[key].lock)
+
+
 def overlay(crop: np.ndarray, heat: np.ndarray, opacity: float = 0.5,
             colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """Blend a [0, 1] heat map (any size) over an RGB uint8 crop; opacity 0 = crop, 1 = heat map."""
@@ -237,5 +252,5 @@ def colorize(heat: np.ndarray, size: int | None = None, colormap: int = cv2.COLO
     return cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
 
 
-__all__ = ["LayerFeatures", "feature_maps", "grad_cam", "overlay", "colorize", "prepare_input",
-           "has_feature_maps", "resolve_module", "normalise_map", "resize_map", "to_channels_first"]
+__all__ = ["LayerFeatures", "feature_maps", "grad_cam", "engine_feature_maps", "engine_grad_cam", "overlay",
+           "colorize", "prepare_input", "has_feature_maps", "resolve_module", "normalise_map", "resize_map", "to_channels_first"]

@@ -18,14 +18,14 @@ MAX_UPLOAD_BYTES = 200 * 1024 * 1024      # also .streamlit/config.toml maxUploa
 MAX_IMAGE_PIXELS = 50_000_000             # images larger than this are refused before decoding
 MAX_VIDEO_PIXELS_PER_FRAME = 4096 * 2304  # 4K-ish; larger videos are refused
 MAX_VIDEO_FRAMES_ANALYSED = 300           # the app's slider maximum, also the CLI's
-MIN_VIDEO_FRAMES_ANALYSED = 1
+MIN_VIDEO_FRAMES_ANALYSED = 1             # the CLI and the API refuse fewer; analyze_video clamps into the range
 DEFAULT_VIDEO_FRAMES_ANALYSED = 32        # the CLI's and the HTTP API's default (the app's slider starts at 100)
-MAX_FACES_PER_IMAGE = 32                  # more faces than this: the largest 32 are scored
-DETECTION_MAX_SIDE = 1024                 # frames are downscaled to this for face finding
-MIN_IMAGE_SIDE = 16                       # smaller images cannot hold a detectable face
+# Face-finding limits (MAX_FACES_PER_IMAGE, DETECTION_MAX_SIDE) are the detector's: see faces.py.
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+# The accepted file types, for every entry point (CLI, app, HTTP API, batch scans, evaluation).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+ACCEPTED_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 # Pillow's own bomb guard raises above 2x this value; keep it aligned with ours.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -36,6 +36,11 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 class MediaError(Exception):
     """An input that cannot be analysed; the message is meant for the user."""
+
+
+def type_list(extensions) -> str:
+    """'jpg, jpeg, png, ...': extensions for a help text, in their list's order."""
+    return ", ".join(e.lstrip(".") for e in extensions)
 
 
 def kind_of(path: str | os.PathLike) -> str:

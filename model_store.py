@@ -10,7 +10,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,15 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from registry import ENSEMBLE_KEY, MODEL_REGISTRY, get_spec
+from faces import CANONICAL_CROP_SIZE, CROP_Y_SHIFT
+from fileio import atomic_write_bytes, atomic_write_json, sha256_of  # noqa: F401 - also imported from here
+from registry import ENSEMBLE_KEY, MODEL_KEYS, MODEL_REGISTRY, get_spec
 
 FORMAT_VERSION = 1
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "converted_models"
-# Face-crop geometry shared by training data and inference (GUIDE.md section 3).
-DEFAULT_CROP = {"side": "mean(width, height) of the MTCNN box", "y_shift": 0.049, "canonical_size": 224}
+# Face-crop geometry shared by training data and inference (GUIDE.md section 3), recorded in manifests.
+DEFAULT_CROP = {"side": "mean(width, height) of the MTCNN box", "y_shift": CROP_Y_SHIFT,
+                "canonical_size": CANONICAL_CROP_SIZE}
 # A converted model larger than this is refused before hashing (no legitimate model is near it).
 MAX_WEIGHTS_BYTES = 1_000_000_000
 # Manifest architecture args are hyper-parameters (dim, depth, heads, variant, ...). Numbers are bounded,
@@ -54,39 +56,6 @@ class LoadedModel:
     @property
     def threshold(self) -> float:
         return float(self.manifest.get("threshold", 0.5))
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target.
-
-    A crash at any point leaves either the old file or the new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped models and checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike, *, input_size: int,
@@ -132,6 +101,23 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
     atomic_write_json(manifest_path, manifest)
     staged.unlink(missing_ok=True)
     return manifest_path
+
+
+def write_random_models(out_dir: str | os.PathLike, keys=MODEL_KEYS, size: int = 64, seed: int = 0,
+                        extra: dict | None = None, ensemble: bool = True) -> Path:
+    """Random-weight converted models of `keys` (deterministic: same seed, same weights, same ONNX cache
+    key) and, with `ensemble`, an ensemble.json of equal weights summing to 1. For the tests and the
+    benchmark, which must not depend on trained weights."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    for key in keys:
+        model = get_spec(key).build(size, pretrained=False)
+        save_converted_model(model, key, out_dir, input_size=size, temperature=1.0, threshold=0.5, extra=extra)
+    if ensemble:
+        weights = {k: 1.0 / len(keys) for k in keys}
+        atomic_write_json(out_dir / f"{ENSEMBLE_KEY}.json",
+                          {"key": ENSEMBLE_KEY, "weights": weights, "bias": 0.0, "threshold": 0.5})
+    return out_dir
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -225,6 +211,19 @@ def load_converted_model(manifest_path: str | os.PathLike) -> LoadedModel:
     model.eval()
     return LoadedModel(key=manifest["key"] if manifest.get("key") in MODEL_REGISTRY else spec.key,
                        model=model, manifest=manifest)
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict, dict]:
+    """A training checkpoint's model, built from the registry with the checkpoint's weights, in eval
+    mode; with its training config and the checkpoint itself. For the converter and the distiller."""
+    from training_engine import load_checkpoint   # the training side reads its own format
+
+    ckpt = load_checkpoint(Path(path))
+    config = json.loads(ckpt["config"])
+    model = get_spec(config["model"]).build(config["input_size"], pretrained=False, **config.get("arch_args", {}))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, config, ckpt
 
 
 def discover_manifests(models_dir: str | os.PathLike = DEFAULT_MODELS_DIR) -> dict[str, Path]:

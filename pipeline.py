@@ -2,6 +2,7 @@
 
     analyze_image / analyze_video -> Analysis (faces, crops, per-model calibrated logits)
     build_report(analysis, engine, threshold, models) -> the JSON-ready verdict (predict.py --json schema)
+    face_table(report)                                -> one row per face (the app's CSV download)
 
 The expensive part (decode, find faces, run the models) happens once in `analyze_*`; moving the
 threshold or switching models only re-runs `build_report`, which is cheap and pure.
@@ -18,17 +19,22 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from faces import CANONICAL_CROP_SIZE, Face, crop_face, get_face_detector
-from media import MAX_VIDEO_FRAMES_ANALYSED, MediaError, load_image
+from media import MAX_VIDEO_FRAMES_ANALYSED, MIN_VIDEO_FRAMES_ANALYSED, MediaError, kind_of, load_image
+from process_wide import release_free_memory
 from scoring import ScoringEngine, sigmoid, verdict
-from video_processor import ProgressFn, assign_tracks, iter_frames, probe_video, sample_frame_indices
+from video_processor import assign_tracks, iter_frames, probe_video, sample_frame_indices
 
 VIDEO_DETECTION_MAX_SIDE = 640   # video frames are searched for faces at this size (see README, perf)
 DETECTION_CHUNK = 4              # frames decoded and searched per batch: 4 was fastest (cache) and bounds memory
 MIN_TRACK_SHARE = 0.2
+
+# progress(stage, done, total): what the analysis is doing, for a progress bar (the app's, the API's).
+ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -69,15 +75,6 @@ def _no_progress(stage: str, done: int, total: int) -> None:
     pass
 
 
-def _release_memory() -> None:
-    """Return the heap that decoding and MTCNN freed to the OS, so RSS does not creep up video after video."""
-    try:
-        from fast_runtime import release_free_memory
-    except Exception:  # noqa: BLE001 - optional
-        return
-    release_free_memory()
-
-
 def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, progress: ProgressFn) -> list[str]:
     keys = [k for k in engine.loaded_keys if not models or k in models]  # registry order
     crops = [r.crop for r in records]
@@ -116,7 +113,7 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
                   detection_max_side: int = VIDEO_DETECTION_MAX_SIDE) -> Analysis:
     """Sample `num_frames` evenly, decode only those, find faces in batches, track, score in batches."""
     engine.require_models()
-    num_frames = int(min(max(num_frames, 1), MAX_VIDEO_FRAMES_ANALYSED))
+    num_frames = int(min(max(num_frames, MIN_VIDEO_FRAMES_ANALYSED), MAX_VIDEO_FRAMES_ANALYSED))
     t0 = time.perf_counter()
     progress("reading video", 0, 1)
     info = probe_video(path)
@@ -160,10 +157,10 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
     flat = [tid for ids in track_ids for tid in ids]
     for r, tid in zip(records, flat):
         r.track = tid
-    _release_memory()   # before scoring too: MTCNN's freed temporaries would otherwise add to the peak
+    release_free_memory()   # before scoring too: MTCNN's freed temporaries would otherwise add to the peak
     keys = _score_records(records, engine, models, progress)
     t2 = time.perf_counter()
-    _release_memory()
+    release_free_memory()   # what decoding and MTCNN freed: RSS does not creep up video after video
     notes = []
     if failed:
         notes.append(f"{len(failed)} of {len(indices)} sampled frames could not be decoded "
@@ -177,8 +174,6 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
 
 def analyze_path(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
                  progress: ProgressFn = _no_progress, name: str | None = None) -> Analysis:
-    from media import kind_of
-
     if not os.path.exists(path):
         raise MediaError(f"{name or path}: no such file")
     if os.path.isdir(path):
@@ -316,6 +311,19 @@ def frame_table(analysis: Analysis, faces_out: list[dict], keys: list[str] | Non
         if threshold is not None:
             row["verdict"] = verdict(row["ensemble"], threshold) if row["ensemble"] is not None else "NO_FACE"
         rows.append(row)
+    return rows
+
+
+def face_table(report: dict) -> list[dict]:
+    """One row per face of a report (the photo's table: box, detection confidence, ensemble, verdict
+    and per-model scores), for CSV downloads."""
+    rows = []
+    for i, f in enumerate(report["faces"], start=1):
+        x1, y1, x2, y2 = f["box"]
+        rows.append({"face": i, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                     "detection_probability": f["detection_probability"],
+                     "ensemble": f["fake_probability"], "verdict": f["verdict"],
+                     **{k: f["models"].get(k) for k in report["models_used"]}})
     return rows
 
 

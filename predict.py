@@ -20,7 +20,8 @@ import os
 import sys
 import time
 
-from media import DEFAULT_VIDEO_FRAMES_ANALYSED, MAX_VIDEO_FRAMES_ANALYSED, MIN_VIDEO_FRAMES_ANALYSED
+from media import (DEFAULT_VIDEO_FRAMES_ANALYSED, IMAGE_EXTENSIONS, MAX_VIDEO_FRAMES_ANALYSED,
+                   MIN_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, type_list)
 from registry import MODEL_KEYS
 
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_NO_MODELS = 0, 2, 3
@@ -60,8 +61,8 @@ def threshold_arg(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Judge whether the faces in images and videos are real or fake.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image (jpg, png, webp, bmp, gif, tiff) or video "
-                   "(mp4, avi, mov, mkv, webm); a folder with --recursive")
+    p.add_argument("paths", nargs="+", metavar="PATH", help=f"image ({type_list(IMAGE_EXTENSIONS)}) or video "
+                   f"({type_list(VIDEO_EXTENSIONS)}); a folder with --recursive")
     p.add_argument("--frames", type=frames_arg, default=DEFAULT_VIDEO_FRAMES_ANALYSED,
                    help=f"frames sampled evenly from each video (default {DEFAULT_VIDEO_FRAMES_ANALYSED})")
     p.add_argument("--models", type=parse_models, default=None,

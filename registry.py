@@ -149,11 +149,3 @@ register(ModelSpec(
 
 MODEL_KEYS: tuple[str, ...] = tuple(MODEL_REGISTRY)
 ENSEMBLE_KEY = "ensemble"
-
-
-def normalise(batch_uint8_nhwc: torch.Tensor, spec_mean, spec_std) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) normalised with a model's mean/std."""
-    x = batch_uint8_nhwc.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec_mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec_std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std

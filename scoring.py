@@ -6,8 +6,8 @@ fitted on the validation split. The ensemble combines the calibrated logits with
 the validation split (converted_models/ensemble.json); without that file, or when some members are
 switched off, it falls back to the weighted mean of the members that are on.
 
-The engine is safe to share between threads (Streamlit sessions): models are only read, and each
-model's forward pass holds that model's lock.
+The engine is safe to share between threads (Streamlit sessions): models are only read, and every
+use of a model's torch module (a torch forward pass, an explanation's hooks) holds its runner's lock.
 """
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from model_store import (DEFAULT_MODELS_DIR, LoadedModel, ModelFileError, discover_manifests,
                          load_converted_model, load_ensemble_manifest)
@@ -79,6 +81,22 @@ def prepare_batch(crops: list[np.ndarray], size: int, mean, std) -> torch.Tensor
     return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
 
 
+@runtime_checkable
+class Runner(Protocol):
+    """What the engine needs of a model runner (TorchRunner here, fast_runtime.OnnxRunner).
+
+    `model` is the model's torch module, there whatever runs the scores: explanations
+    (feature_visualization) hook into it. `lock` guards every use of `model` (a torch forward pass,
+    an explanation's hooks and gradients), so an explanation never sees another thread's pass."""
+
+    model: nn.Module
+    lock: threading.Lock
+
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Raw logits (N,) for a normalised NCHW float32 batch; safe to call from several threads."""
+        ...
+
+
 class TorchRunner:
     """Eager PyTorch forward in channels_last (1.3-1.7x faster on this CPU for the CNNs)."""
 
@@ -104,7 +122,7 @@ class ScoringEngine:
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
-        self.runners: dict = {}
+        self.runners: dict[str, Runner] = {}
         self.runtime = runtime
         manifests = discover_manifests(self.models_dir)
         for key in (keys or MODEL_KEYS):
@@ -129,7 +147,7 @@ class ScoringEngine:
             log.warning("%s (falling back to equal weights)", exc)
             self.ensemble_manifest = None
 
-    def _runner_for(self, loaded: LoadedModel):
+    def _runner_for(self, loaded: LoadedModel) -> Runner:
         if self.runtime in ("auto", "onnx"):
             try:
                 from fast_runtime import OnnxRunner  # optional faster CPU path
@@ -225,4 +243,5 @@ def verdict(probability: float | None, threshold: float) -> str:
     return "FAKE" if probability >= threshold else "REAL"
 
 
-__all__ = ["ScoringEngine", "ScoreResult", "combine", "ensemble_weights", "ModelStatus", "NoModelsError", "verdict", "ENSEMBLE_KEY"]
+__all__ = ["ScoringEngine", "ScoreResult", "Runner", "TorchRunner", "sigmoid", "combine", "ensemble_weights",
+           "ModelStatus", "NoModelsError", "verdict", "ENSEMBLE_KEY"]

@@ -13,7 +13,7 @@ Why it is built this way:
 * The analysis is `outcomes.analyze_to_report`, i.e. pipeline.analyze_path + build_report, the very
   functions behind predict.py, and option values are parsed by predict.py's own validators.
 * One ScoringEngine, loaded once in a background thread at start-up: the port opens at once and
-  /health says "loading" (503) rather than refusing connections while five models load.
+  /health says "loading" (503) rather than refusing connections while the models load.
 * Analyses run in a fixed pool of worker threads sharing that engine (it is thread-safe). Admission
   is bounded (workers + queue depth) and decided before the upload is read, so a burst is answered
   429 + Retry-After instead of piling uploads up in memory or on disk.
@@ -57,7 +57,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 import predict
-from media import DEFAULT_VIDEO_FRAMES_ANALYSED, MAX_UPLOAD_BYTES, MAX_VIDEO_FRAMES_ANALYSED, MediaError, kind_of
+from media import (DEFAULT_VIDEO_FRAMES_ANALYSED, IMAGE_EXTENSIONS, MAX_UPLOAD_BYTES, MAX_VIDEO_FRAMES_ANALYSED,
+                   MIN_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, MediaError, kind_of, type_list)
 from model_store import DEFAULT_MODELS_DIR
 from outcomes import (AnalysisOptions, analyze_to_report, error_reason, failure_message, models_not_installed,
                       to_json)
@@ -547,9 +548,9 @@ ANALYZE_FORM_SCHEMA = {
     "type": "object", "required": [FILE_FIELD],
     "properties": {
         FILE_FIELD: {"type": "string", "format": "binary",
-                     "description": "an image (jpg, png, webp, bmp, gif, tiff) or a video (mp4, avi, mov, mkv, "
-                                    "webm, m4v); the file name's extension decides which"},
-        "frames": {"type": "integer", "minimum": 1, "maximum": MAX_VIDEO_FRAMES_ANALYSED,
+                     "description": f"an image ({type_list(IMAGE_EXTENSIONS)}) or a video "
+                                    f"({type_list(VIDEO_EXTENSIONS)}); the file name's extension decides which"},
+        "frames": {"type": "integer", "minimum": MIN_VIDEO_FRAMES_ANALYSED, "maximum": MAX_VIDEO_FRAMES_ANALYSED,
                    "default": DEFAULT_VIDEO_FRAMES_ANALYSED, "description": "frames sampled from a video"},
         "models": {"type": "string", "description": "comma-separated subset of the installed models"},
         "threshold": {"type": "number", "minimum": 0, "maximum": 1,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -63,6 +63,12 @@ def _open(path: str) -> cv2.VideoCapture:
     return cap
 
 
+def _check_frame_size(path: str, width: int, height: int) -> None:
+    if width * height > MAX_VIDEO_PIXELS_PER_FRAME:
+        raise MediaError(f"{path}: video is {width}x{height}, more than the "
+                         f"{MAX_VIDEO_PIXELS_PER_FRAME:,}-pixel-per-frame limit")
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Open a video and check its size limits; counts frames by decoding when the header has none."""
     path = str(path)
@@ -73,9 +79,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if width * height > MAX_VIDEO_PIXELS_PER_FRAME:
-            raise MediaError(f"{path}: video is {width}x{height}, more than the "
-                             f"{MAX_VIDEO_PIXELS_PER_FRAME:,}-pixel-per-frame limit")
+        _check_frame_size(path, width, height)
         if header <= 0:
             count = 0
             while count < MAX_SCAN_FRAMES and cap.grab():
@@ -90,9 +94,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             if not ok or frame is None:
                 raise MediaError(f"{path}: video has no decodable frames")
             height, width = frame.shape[:2]
-            if width * height > MAX_VIDEO_PIXELS_PER_FRAME:
-                raise MediaError(f"{path}: video is {width}x{height}, more than the "
-                                 f"{MAX_VIDEO_PIXELS_PER_FRAME:,}-pixel-per-frame limit")
+            _check_frame_size(path, width, height)
         return VideoInfo(path, count, fps if np.isfinite(fps) else 0.0, width, height, header)
     finally:
         cap.release()
@@ -200,5 +202,3 @@ def assign_tracks(boxes_per_frame: list[list[tuple]], min_iou: float = TRACK_MIN
         out.append(ids)
     return out
 
-
-ProgressFn = Callable[[str, int, int], None]

@@ -1,7 +1,7 @@
 """serve.py: the real server (uvicorn in a subprocess, loopback, a free port), called over HTTP.
 
 Covers: health and model listing, an image and a video giving the very object `predict.py --json`
-prints, every hostile file of tests/test_hostile_inputs.py's corpus refused with a 4xx and a reason
+prints, every hostile file of tests/hostile_corpus.py's corpus refused with a 4xx and a reason
 (and the server healthy afterwards), bad parameters, the upload byte limit (declared and streamed),
 a burst of concurrent requests answered 429 + Retry-After beyond the pool, access control on and off,
 a server without models, and that no uploaded byte is left in the server's temp folder.
@@ -31,8 +31,8 @@ import predict
 import scoring
 import serve
 from report_helpers import assert_reports_match
-from test_cli import make_video
-from test_hostile_inputs import CASES, ERR, NON_ASCII_IMAGE, corpus  # noqa: F401 - corpus is a fixture
+from conftest import every_cli_run_uses, make_video, stop_process
+from hostile_corpus import CASES, ERR, NON_ASCII_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 240          # generous: the machine may be shared with training
@@ -107,12 +107,7 @@ def running_server(tmp: Path, models_dir: Path, args=(), env=None):
     try:
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
     assert "Traceback" not in server.log_text(), server.log_text()
 
 
@@ -137,9 +132,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def cli_engine(two_random_models_dir):
     """predict.main() builds its own ScoringEngine; give it one loaded once for the module."""
-    engine = scoring.ScoringEngine(two_random_models_dir)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scoring, "ScoringEngine", lambda *args, **kwargs: engine)
+    with every_cli_run_uses(scoring.ScoringEngine(two_random_models_dir)) as engine:
         yield engine
 
 

@@ -14,12 +14,12 @@ import io
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 import pipeline
+from conftest import make_drifting_video
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -97,22 +97,9 @@ def gradient_png(tmp_path_factory) -> Path:
     return path
 
 
-def make_video(path: Path, astronaut: np.ndarray, frames: int = 20, size: int = 256, fps: float = 10.0) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
-    assert writer.isOpened()
-    base = cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR)
-    for i in range(frames):
-        shift = 2 * i                      # the face drifts slowly, as in a real clip
-        frame = cv2.resize(base[shift:shift + 480, shift:shift + 480], (size, size), interpolation=cv2.INTER_AREA)
-        writer.write(frame)
-    writer.release()
-    assert path.stat().st_size > 0
-    return path
-
-
 @pytest.fixture(scope="module")
 def clip_mp4(tmp_path_factory, astronaut) -> Path:
-    return make_video(tmp_path_factory.mktemp("video") / "clip.mp4", astronaut)
+    return make_drifting_video(tmp_path_factory.mktemp("video") / "clip.mp4", astronaut)
 
 
 def upload(at, name: str, data: bytes, mime: str, tmp_dir: Path):

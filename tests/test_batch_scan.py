@@ -28,7 +28,7 @@ import scoring
 from media import MediaError
 from outcomes import error_reason
 from report_helpers import assert_reports_match
-from test_hostile_inputs import write_video
+from conftest import every_cli_run_uses, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = "4"
@@ -71,9 +71,7 @@ def models_dir(two_random_models_dir) -> Path:
 @pytest.fixture(scope="module")
 def shared_engine(models_dir):
     """predict.main() builds its own ScoringEngine; in-process runs share one loaded once."""
-    engine = scoring.ScoringEngine(models_dir)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scoring, "ScoringEngine", lambda *args, **kwargs: engine)
+    with every_cli_run_uses(scoring.ScoringEngine(models_dir)) as engine:
         yield engine
 
 

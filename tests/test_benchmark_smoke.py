@@ -1,4 +1,4 @@
-"""`benchmark.py --quick` end to end on the suite's random 64 px models (part of the normal suite).
+"""`benchmark.py --quick` end to end on the suite's random 64 px models (part of `make test`, marked slow).
 
 It runs the real benchmark (ours and the naive baseline, cold start and peak-RSS subprocesses) on a
 3-second video with 10 frames and checks the JSON: every figure present and plausible, and the
@@ -13,9 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["image_s", "image_cpu_s", "naive_image_s", "image_speedup", "video_s", "video_cpu_s", "naive_video_s",
            "video_speedup", "video_speedup_cpu", "cold_start_s", "peak_rss_mb"]
+
+pytestmark = pytest.mark.slow   # `make test-fast` leaves it out
 
 
 def test_quick_benchmark(random_models_dir, tmp_path):

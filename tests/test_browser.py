@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -29,8 +31,9 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 SERVER_START_S = 300
 ANALYSIS_MS = 900_000        # a busy machine: the first visit loads the detectors, then analyses run
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed "
-                                "(apt-get install chromium)")
+pytestmark = [pytest.mark.slow,   # `make test-fast` leaves it out
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed "
+                                 "(apt-get install chromium)")]
 
 
 def free_port() -> int:
@@ -72,12 +75,7 @@ def server(random_models_dir):
         wait_healthy(url, proc, log_path, SERVER_START_S)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_process(proc, timeout=30)
         log.close()
 
 
@@ -149,7 +147,7 @@ def test_photo_then_video_in_chromium(page, astronaut_jpg, tmp_path, astronaut):
 def run_photo_then_video(page, astronaut_jpg, tmp_path, astronaut):
     from playwright.sync_api import expect
 
-    from test_app import make_video
+    from conftest import make_drifting_video
 
     # The first visit loads the detectors (once per server): allow for a busy machine.
     page.locator('input[type="file"]').first.wait_for(state="attached", timeout=ANALYSIS_MS)
@@ -172,7 +170,7 @@ def run_photo_then_video(page, astronaut_jpg, tmp_path, astronaut):
         assert im.width >= 1000 and im.height >= 1000
 
     # ---- video --------------------------------------------------------------------------------
-    clip = make_video(tmp_path / "clip.mp4", astronaut)
+    clip = make_drifting_video(tmp_path / "clip.mp4", astronaut)
     page.locator('[data-testid="stRadio"] label').filter(has_text="Video").first.click()
     page.get_by_text("Frames to analyse").first.wait_for()
     page.locator('input[type="file"]').first.set_input_files(str(clip))

@@ -4,22 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 import predict
+from conftest import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_video(path: Path, frame: np.ndarray, n: int = 20, fps: float = 10.0, shift: int = 2) -> Path:
-    h, w = frame.shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for i in range(n):
-        writer.write(cv2.cvtColor(np.roll(frame, i * shift, axis=1), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
 
 
 def test_json_output_schema_for_an_image(random_models_dir, astronaut_jpg, capsys):

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline import analyze_image, build_report
+from scoring import sigmoid
 
 WORKERS = 4
 PROB_TOL = 1e-6
@@ -57,7 +58,7 @@ def _assert_same(a: dict, b: dict, name: str) -> None:
     assert set(a["logits"]) == set(b["logits"]), name
     np.testing.assert_allclose(a["raw_ensemble"], b["raw_ensemble"], rtol=0, atol=PROB_TOL, err_msg=name)
     for key in a["logits"]:
-        pa, pb = 1 / (1 + np.exp(-a["logits"][key])), 1 / (1 + np.exp(-b["logits"][key]))
+        pa, pb = sigmoid(a["logits"][key]), sigmoid(b["logits"][key])
         np.testing.assert_allclose(pa, pb, rtol=0, atol=PROB_TOL, err_msg=f"{name} {key}")
 
 
@@ -96,3 +97,51 @@ def test_threads_scoring_crops_directly(engine, astronaut):
         for key in expected.model_probabilities:
             np.testing.assert_allclose(result.model_probabilities[key], expected.model_probabilities[key],
                                        rtol=0, atol=PROB_TOL)
+
+
+# Explanations (Grad-CAM and feature-map hooks on the shared torch module) while other threads score:
+# with either runtime, each runner's lock guards the torch module, so results equal single-threaded ones.
+EXPLAINED_KEYS = ("efficientnet", "cnn_transformer")   # a CNN with feature maps, and a transformer
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_explanations_in_threads_while_scoring(random_models_dir, astronaut, runtime):
+    import feature_visualization as fv
+    from scoring import Runner, ScoringEngine
+
+    if runtime == "onnx":
+        pytest.importorskip("onnxruntime")
+    shared = ScoringEngine(random_models_dir, keys=EXPLAINED_KEYS, runtime=runtime)
+    for key in EXPLAINED_KEYS:
+        runner = shared.runners[key]
+        assert isinstance(runner, Runner) and runner.model is shared.models[key].model
+        assert runner.lock is not None
+        assert (type(runner).__name__ == "OnnxRunner") == (runtime == "onnx")
+    crops = [np.ascontiguousarray(cv2.resize(astronaut[y:y + 200, x:x + 200], (224, 224),
+                                             interpolation=cv2.INTER_AREA))
+             for y, x in ((20, 160), (250, 30), (100, 100))]
+
+    def explain(job):
+        key, i, direction = job
+        heat = fv.engine_grad_cam(shared, key, crops[i], explain=direction)
+        maps = fv.engine_feature_maps(shared, key, crops[i])
+        return heat, [lf.mean_map for lf in maps]
+
+    jobs = [(key, i, d) for key in EXPLAINED_KEYS for i in range(len(crops)) for d in ("fake", "real")]
+    alone = {job: explain(job) for job in jobs}
+    scores_alone = shared.score_crops(crops)
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        scoring = [pool.submit(shared.score_crops, crops) for _ in range(3)]
+        together = [(job, pool.submit(explain, job)) for job in jobs * 2]
+        scoring += [pool.submit(shared.score_crops, crops) for _ in range(3)]
+        results = [(job, future.result(timeout=900)) for job, future in together]
+        scores = [future.result(timeout=900) for future in scoring]
+    for job, (heat, maps) in results:
+        np.testing.assert_allclose(heat, alone[job][0], rtol=0, atol=1e-5, err_msg=str(job))
+        assert len(maps) == len(alone[job][1])
+        for got, want in zip(maps, alone[job][1]):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=str(job))
+    for result in scores:
+        np.testing.assert_allclose(result.ensemble_probability, scores_alone.ensemble_probability, rtol=0, atol=PROB_TOL)
+    for key in EXPLAINED_KEYS:
+        assert not shared.runners[key].lock.locked()

@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 import evaluate
 from convert_models import fit_temperature
 from metrics import binary_metrics, equal_error_rate, video_level_auc
+from scoring import sigmoid
 
 
 def test_binary_metrics_match_sklearn():
@@ -39,12 +40,12 @@ def test_video_auc_uses_mean_frame_scores():
 def test_temperature_fit_recovers_a_known_temperature():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, 20000)
-    y = (rng.random(20000) < 1 / (1 + np.exp(-true_logits))).astype(int)
+    y = (rng.random(20000) < sigmoid(true_logits)).astype(int)
     assert fit_temperature(true_logits * 3.0, y) == pytest.approx(3.0, rel=0.1)
 
 
 def test_evaluate_on_a_crop_dataset_reports_all_models(random_models_dir, tmp_path, capsys):
-    from tests.test_training import make_face_dataset
+    from conftest import make_face_dataset
     data = make_face_dataset(tmp_path / "faces", per_class=10)
     assert evaluate.main(["--data-dir", str(data), "--split", "train", "--models-dir", str(random_models_dir),
                           "--json"]) == 0

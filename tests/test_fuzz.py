@@ -24,9 +24,12 @@ from PIL import Image
 from skimage import data as skdata
 
 import predict
-import scoring
 from media import MediaError, load_image
 from video_processor import iter_frames, probe_video, sample_frame_indices
+
+from conftest import every_cli_run_uses
+
+pytestmark = pytest.mark.slow   # `make test-fast` leaves the fuzzers out
 
 LONG = int(os.environ.get("DFSTUDIO_FUZZ_EXAMPLES", "0"))
 
@@ -179,8 +182,7 @@ def test_random_bytes_to_probe_video(fuzz_dir, blob, ext):
 @pytest.fixture(scope="module")
 def shared_engine(engine):
     """predict.main() would load the models again for every example; give it the session's engine."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scoring, "ScoringEngine", lambda *args, **kwargs: engine)
+    with every_cli_run_uses(engine):
         yield engine
 
 

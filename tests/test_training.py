@@ -11,34 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import make_face_dataset
 from registry import MODEL_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-
-def make_face_dataset(root: Path, per_class: int = 24, size: int = 64, seed: int = 0) -> Path:
-    """real/ and fake/ folders (nested) of synthetic 'faces': fakes carry a blended high-frequency patch."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for label in ("real", "fake"):
-        for i in range(per_class):
-            base = np.stack([np.sin(xx * rng.uniform(2, 6) + rng.uniform(0, 3)),
-                             np.cos(yy * rng.uniform(2, 6) + rng.uniform(0, 3)),
-                             np.sin((xx + yy) * rng.uniform(1, 4))], axis=2) * 60 + 128
-            if label == "fake":
-                patch = rng.normal(0, 40, (size // 2, size // 2, 3))
-                base[size // 4: 3 * size // 4, size // 4: 3 * size // 4] += patch
-            folder = root / label / f"batch{i % 2}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(folder / f"{label}_{i:03d}.png")
-    return root
+pytestmark = pytest.mark.slow   # subprocess trainings: `make test-fast` leaves them out
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Frame sampling, decoding only what is sampled, and face tracks."""
 import numpy as np
 
-from tests.test_cli import make_video
 from video_processor import assign_tracks, iter_frames, probe_video, sample_frame_indices
 
 
