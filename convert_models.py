@@ -40,7 +40,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     def nll(log_t: float) -> float:
         z = logits / np.exp(log_t)
-        return float(np.mean(np.logaddexp(0, z) - labels * z))
+        return ensembling.logit_nll(z, labels)
 
     res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))

@@ -217,8 +217,7 @@ class BoxJitter:
         image = v2.functional.crop(image, top, left, side_px, side_px)
         interpolation = (v2.InterpolationMode.BILINEAR if torch.rand(1).item() < 0.5
                          else v2.InterpolationMode.BICUBIC)
-        out = v2.functional.resize(image, [self.size, self.size], interpolation=interpolation, antialias=True)
-        return out.clamp_(0, 255) if out.is_floating_point() else out
+        return v2.functional.resize(image, [self.size, self.size], interpolation=interpolation, antialias=True)
 
 
 def train_transform(input_size: int, mean, std) -> v2.Compose:

@@ -23,7 +23,8 @@ QUALITY_FLOOR_AUC = 0.70      # a member below this validation AUC is advisory: 
 SHRINK_TO_EQUAL = 1.0         # strength of the pull of convex weights towards equal weights
 
 
-def _nll(z: np.ndarray, y: np.ndarray) -> float:
+def logit_nll(z: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of labels `y` under P = sigmoid(z)."""
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
@@ -74,7 +75,7 @@ def fit_convex(val_logits: dict[str, np.ndarray], y_val: np.ndarray, keys: list[
     def loss(theta: np.ndarray) -> float:
         w = np.exp(theta - theta.max())
         w /= w.sum()
-        return _nll(x @ w, y) + shrink * float(np.sum((w - equal) ** 2))
+        return logit_nll(x @ w, y) + shrink * float(np.sum((w - equal) ** 2))
 
     theta = minimize(loss, np.zeros(len(keys)), method="Nelder-Mead" if len(keys) < 3 else "L-BFGS-B").x
     w = np.exp(theta - theta.max())
