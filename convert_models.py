@@ -27,6 +27,7 @@ import ensembling
 from evaluate import score_face_crops
 from metrics import binary_metrics
 from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, model_from_checkpoint, read_manifest,
+                         record_check_logits,
                          save_converted_model)
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
 from scoring import ScoringEngine, sigmoid
@@ -61,8 +62,14 @@ def _split_paths(data_dir: str, split: str):
     return rows["path"].tolist(), rows["label"].to_numpy()
 
 
+def _calibration_engine(models_dir: Path, key: str) -> ScoringEngine:
+    """The engine that scores `key` as the app does (its test-time flip follows the installed
+    ensemble.json: voting members are flipped, advisory ones not; see ScoringEngine)."""
+    return ScoringEngine(models_dir, keys=[key], runtime="torch")
+
+
 def _calibrated_logits(models_dir: Path, key: str, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    engine = ScoringEngine(models_dir, keys=[key], runtime="torch")
+    engine = _calibration_engine(models_dir, key)
     logits, kept = score_face_crops(engine, paths, [key], progress=False)
     return logits[key], kept
 
@@ -94,9 +101,10 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
 
 def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, cache_dir: Path) -> dict:
     """Fit an installed model's temperature on val (fp16 weights as shipped, test-time flip as in the
-    app), then record val, test and cross-dataset metrics in its manifest; cache the calibrated
+    app: on for ensemble members that vote), then record val, test and cross-dataset metrics in its manifest; cache the calibrated
     logits in `cache_dir/eval_logits.npz` for the ensemble fit."""
     manifest_path = out_dir / f"{key}.json"
+    record_check_logits(manifest_path)      # for models converted before manifests had them
     old_temperature = float(read_manifest(manifest_path).get("temperature", 1.0))
     val_paths, val_labels = _split_paths(data_dir, "val")
     val_z, kept = _calibrated_logits(out_dir, key, val_paths)
@@ -105,7 +113,8 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     manifest = read_manifest(manifest_path)
     manifest["temperature"] = round(temperature, 5)
     manifest["threshold"] = 0.5
-    manifest["test_time_augmentation"] = "horizontal flip (mean of the two logits)"
+    manifest["test_time_augmentation"] = ("horizontal flip (mean of the two logits)"
+                                          if _calibration_engine(out_dir, key).uses_flip(key) else "none")
     atomic_write_json(manifest_path, manifest)
     metrics = {"val": binary_metrics(val_labels[kept], sigmoid(val_raw / temperature))}
     eval_sets = [("test", data_dir, "test")] + ([("cross_dataset", cross_data, "test")] if cross_data else [])
@@ -119,9 +128,11 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     manifest["metrics"] = metrics
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(manifest_path, manifest)
-    # Calibrated logits for the ensemble fit, outside git, keyed by the weights' checksum and temperature.
+    # Calibrated logits for the ensemble fit, outside git, keyed by the weights' checksum, temperature and
+    # test-time augmentation.
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache_dir / "eval_logits.npz", sha256=manifest["sha256"], temperature=manifest["temperature"],
+             tta=manifest["test_time_augmentation"],
              **{f"{n}_logits": v[0] for n, v in cache.items()}, **{f"{n}_labels": v[1] for n, v in cache.items()})
     log.info("%s: T=%.3f val AUC %.4f test AUC %.4f%s", key, temperature, metrics["val"]["auc"],
              metrics["test"]["auc"], f" cross AUC {metrics['cross_dataset']['auc']:.4f}" if cross_data else "")
@@ -134,7 +145,8 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
     if cached.exists():
         with np.load(cached, allow_pickle=False) as d:
             if str(d["sha256"]) == manifest["sha256"] and "temperature" in d.files and \
-                    float(d["temperature"]) == float(manifest["temperature"]):
+                    float(d["temperature"]) == float(manifest["temperature"]) and \
+                    "tta" in d.files and str(d["tta"]) == manifest.get("test_time_augmentation"):
                 return {k: d[k] for k in d.files}
     out = {}
     sets = [("val", data_dir, "val"), ("test", data_dir, "test")] + \

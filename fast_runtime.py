@@ -16,9 +16,12 @@ PyTorch on *any* exception, so everything here raises rather than return somethi
   opset); hashing and loading happen under the cache lock that every writer takes. Anything else
   (missing or corrupt record, truncated or modified .onnx, mismatch) is logged and the file rebuilt.
   After an export the 4 newest exports per model key are kept, older ones pruned.
-* Check: every construction (fresh export or cache hit) compares ONNX Runtime's logits with the
-  torch model's on a fixed random batch; a difference above `ATOL + RTOL*|torch|` (1e-3 each)
-  rebuilds a cached file once, and raises for a fresh export, so the engine uses torch instead.
+* Check: every construction (fresh export or cache hit) compares ONNX Runtime's logits on a fixed
+  batch (model_store.check_batch) with the model's: for a cached file, the logits recorded in the
+  converted model's manifest at conversion (`check_logits`), so a start with a valid cache never
+  builds the torch module; for a fresh export (or a manifest without them), the torch module's. A
+  difference above `ATOL + RTOL*|expected|` (1e-3 each) rebuilds a cached file once, and raises for a
+  fresh export, so the engine uses torch instead.
 * Run: `InferenceSession.run` is thread-safe, so one session per model serves all threads.
   intra-op threads = torch.get_num_threads() (or os.cpu_count()), no spinning, graph optimisation
   ALL, at most 8 images of 128 px per call (fastest per image), one memory arena shared by all
@@ -43,7 +46,7 @@ import torch
 
 from fileio import atomic_write_bytes, atomic_write_json, sha256_of
 from process_wide import once, release_free_memory
-from model_store import LoadedModel
+from model_store import LoadedModel, check_batch, recorded_check_logits
 
 log = logging.getLogger("fast_runtime")
 
@@ -53,7 +56,6 @@ EXPORT_VERSION = 1          # bump when the export recipe changes: old cache ent
 ATOL = 1e-3                 # ONNX vs torch logits: |onnx - torch| <= ATOL + RTOL * |torch|
 RTOL = 1e-3
 EXPORT_BATCH = 1            # images in the dummy batch the exporter traces
-CHECK_BATCH = 2             # images in the check batch: differs, so a batch size baked into the graph fails
 # Images per ONNX Runtime call: 8 at 128 px (measured fastest per image on this CPU: batch 8 beat 1 and
 # 32 by 10-40 %, docs/performance.md), fewer for larger inputs (same pixels per call, bounded memory).
 BATCH_PIXELS = 8 * 128 * 128
@@ -204,16 +206,19 @@ def _max_excess(onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
 class OnnxRunner:
     """One converted model as an ONNX Runtime session (CPU); a scoring.Runner like TorchRunner.
 
-    Scores never touch the torch module; `model` (the torch module, for explanations) and `lock`
-    (guarding it) are there so that explanations hold the same lock as with TorchRunner."""
+    Scores never touch the torch module, so it is released once the session is verified (with
+    `release_torch_module`, the default; ~300 MB for the five models, docs/performance.md); `model`
+    rebuilds it from the verified file for explanations, and `lock` guards it so that explanations
+    hold the same lock as with TorchRunner."""
 
     runtime = "onnx"
 
-    def __init__(self, loaded: LoadedModel, directory: str | os.PathLike | None = None):
+    def __init__(self, loaded: LoadedModel, directory: str | os.PathLike | None = None,
+                 release_torch_module: bool = True):
         import onnxruntime as ort  # noqa: F401 - fail early (-> torch fallback) if it is missing
 
         self.key = loaded.key
-        self.model = loaded.model
+        self._loaded = loaded
         self.lock = threading.Lock()
         self.input_size = loaded.input_size
         self.batch_size = max(1, BATCH_PIXELS // (loaded.input_size * loaded.input_size))
@@ -222,10 +227,11 @@ class OnnxRunner:
         self.cache_problem = ""        # why a cached file was not used, if it was not
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self._check_input = torch.randn(CHECK_BATCH, 3, loaded.input_size, loaded.input_size,
-                                        generator=torch.Generator().manual_seed(1234))
-        with torch.inference_mode():
-            self._check_expected = loaded.model.eval()(self._check_input).float().reshape(-1).numpy()
+        self._check_input = check_batch(loaded.input_size)
+        # What the graph must compute on the check batch: the logits recorded in the manifest (so a
+        # cached graph is proven without building the torch module), else the torch module's.
+        recorded = recorded_check_logits(loaded.manifest)
+        self._check_expected = recorded if recorded is not None else self._torch_check(loaded)
         self.timings["torch_check_s"] = time.perf_counter() - t0
 
         with _file_lock(self.onnx_path.parent / ".lock"):
@@ -233,10 +239,22 @@ class OnnxRunner:
             if session is None:
                 session = self._export_and_cache(loaded)
         self.session = session
+        if release_torch_module:
+            loaded.release_module()
         release_free_memory()
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
         self.timings["total_s"] = time.perf_counter() - t0
+
+    def _torch_check(self, loaded: LoadedModel) -> np.ndarray:
+        model = loaded.model.eval()
+        with torch.inference_mode():
+            return model(self._check_input).float().reshape(-1).numpy()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch module (rebuilt from the verified file if it was released): for explanations."""
+        return self._loaded.model
 
     # ---------------------------------------------------------------------------------------------
     def _verified_session(self, data: bytes | str):
@@ -301,6 +319,9 @@ class OnnxRunner:
         global EXPORT_COUNT
         t0 = time.perf_counter()
         data, exporter = _export_bytes(loaded.model, loaded.input_size)
+        # A fresh export is checked against the module it came from: a manifest's recorded logits
+        # could be stale (say, from another torch's arithmetic), the module is the truth.
+        self._check_expected = self._torch_check(loaded)
         EXPORT_COUNT += 1
         self.exported = True
         self.timings["export_s"] = time.perf_counter() - t0

@@ -49,8 +49,13 @@ def spec_of(loaded: LoadedModel):
     return get_spec(loaded.manifest.get("architecture", {}).get("name", loaded.key))
 
 
+def layers_to_show(loaded: LoadedModel) -> tuple[str, ...]:
+    """The registry's feature-map layers for this model's variant (e.g. its trunk)."""
+    return spec_of(loaded).layers_to_show(loaded.manifest.get("architecture", {}).get("args"))
+
+
 def has_feature_maps(loaded: LoadedModel) -> bool:
-    return bool(spec_of(loaded).feature_layers)
+    return bool(layers_to_show(loaded))
 
 
 def prepare_input(loaded: LoadedModel, crop: np.ndarray) -> torch.Tensor:
@@ -134,7 +139,7 @@ def feature_maps(loaded: LoadedModel, crop: np.ndarray, layers=None, top_k: int 
     the highest mean activation, each scaled to [0, 1] on its own.
     """
     spec = spec_of(loaded)
-    names = list(layers if layers is not None else spec.feature_layers)
+    names = list(layers if layers is not None else layers_to_show(loaded))
     if not names:
         return []
     model: nn.Module = loaded.model

@@ -10,9 +10,10 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
@@ -35,15 +36,80 @@ MAX_ARCH_ARG_VALUE = 4096
 FORBIDDEN_ARCH_ARG_WORDS = ("path", "file", "dir", "url", "cfg", "checkpoint", "pretrained", "cache", "hub")
 
 
+# A fixed input and the converted model's logits on it ("check_logits" in the manifest): a faster runtime
+# (fast_runtime.OnnxRunner) proves that its graph computes this model by reproducing them, without
+# building the torch module. Made from a formula, not a random generator, so that it never changes.
+CHECK_BATCH = 2             # images: differs from the exporter's 1, so a batch size baked into a graph fails
+
+
+def check_batch(input_size: int) -> torch.Tensor:
+    """The fixed (CHECK_BATCH, 3, S, S) input whose logits every manifest records."""
+    index = torch.arange(CHECK_BATCH * 3 * input_size * input_size, dtype=torch.float64)
+    return (1.5 * torch.sin(index * 0.7311 + 0.25)).reshape(CHECK_BATCH, 3, input_size, input_size).float()
+
+
+def check_logits(model: nn.Module, input_size: int) -> list[float]:
+    with torch.inference_mode():
+        return [float(v) for v in model.eval()(check_batch(input_size)).float().reshape(-1)]
+
+
+def recorded_check_logits(manifest: dict) -> np.ndarray | None:
+    """The manifest's check logits if present and well-formed, else None."""
+    values = manifest.get("check_logits")
+    if not isinstance(values, list) or len(values) != CHECK_BATCH or \
+            not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return None
+    return np.asarray(values, dtype=np.float32)
+
+
 class ModelFileError(Exception):
     """A converted model that cannot be used; the message names the file and the reason."""
 
 
-@dataclass
 class LoadedModel:
-    key: str
-    model: nn.Module
-    manifest: dict
+    """A verified converted model: its manifest and its torch module.
+
+    The torch module is built when first used (`load_converted_model(..., build_module=False)`) and
+    can be released again (`release_module`): a faster runtime that holds its own copy of the weights
+    (fast_runtime.OnnxRunner) never needs it for scores, and the five modules are ~300 MB of fp32
+    weights and seconds of start-up. Whatever needs it (an explanation, an export) gets it built from
+    the file, fully verified, and refused if the file no longer has the checksum it had when the
+    manifest was first loaded."""
+
+    def __init__(self, key: str, model: nn.Module | None, manifest: dict, manifest_path: Path | None = None):
+        self.key = key
+        self.manifest = manifest
+        self.manifest_path = manifest_path
+        self._model: nn.Module | None = model
+        self._module_lock = threading.Lock()
+        self.builds = int(model is not None)     # times the torch module was built from the file
+
+    @property
+    def model(self) -> nn.Module:
+        with self._module_lock:
+            if self._model is None:
+                # Never build it as inference tensors (a caller may be inside inference_mode): the
+                # module must stay usable for gradients (Grad-CAM) and for ONNX export.
+                with torch.inference_mode(False):
+                    again = load_converted_model(self.manifest_path)
+                if again.manifest["sha256"] != self.manifest["sha256"]:
+                    raise ModelFileError(f"{self.manifest_path}: the model changed on disk since it was loaded "
+                                         f"(restart to use the new one)")
+                self._model = again._model
+                self.builds += 1
+            return self._model
+
+    @property
+    def module_loaded(self) -> bool:
+        return self._model is not None
+
+    def release_module(self) -> bool:
+        """Drop the torch module (rebuilt on next use); False if it could not be rebuilt (no file)."""
+        if self.manifest_path is None:
+            return False
+        with self._module_lock:
+            self._model = None
+        return True
 
     @property
     def input_size(self) -> int:
@@ -76,6 +142,9 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
     state = {name: t.detach().to("cpu", torch.float16 if t.is_floating_point() else t.dtype).contiguous()
              for name, t in model.state_dict().items()}
     data = save(state, metadata={"key": key, "format_version": str(FORMAT_VERSION)})
+    # The model as load_converted_model will build it: from the registry, with the fp16 weights.
+    as_loaded = spec.build(int(input_size), pretrained=False, **arch_args)
+    as_loaded.load_state_dict(state)
     manifest = {
         "format_version": FORMAT_VERSION,
         "key": key,
@@ -91,6 +160,7 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
         "weights_dtype": "float16",
         "sha256": hashlib.sha256(data).hexdigest(),
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "check_logits": check_logits(as_loaded, int(input_size)),
         **(extra or {}),
     }
     manifest_path = out_dir / f"{key}.json"
@@ -166,8 +236,12 @@ def _validated_manifest(manifest_path: Path) -> dict:
     return manifest
 
 
-def load_converted_model(manifest_path: str | os.PathLike) -> LoadedModel:
-    """Verify and load one converted model; raises ModelFileError with a message naming the file."""
+def load_converted_model(manifest_path: str | os.PathLike, build_module: bool = True) -> LoadedModel:
+    """Verify and load one converted model; raises ModelFileError with a message naming the file.
+
+    With build_module=False the manifest and the weights' size and checksum are verified but the torch
+    module is built (and the weights parsed and shape-checked) only when first used; manifests without
+    check logits are built at once, since a faster runtime could not prove its graph without them."""
     manifest_path = Path(manifest_path)
     manifest = _validated_manifest(manifest_path)
     weights_path = manifest_path.parent / manifest["weights_file"]
@@ -179,6 +253,9 @@ def load_converted_model(manifest_path: str | os.PathLike) -> LoadedModel:
     if actual != manifest["sha256"]:
         raise ModelFileError(f"{weights_path}: SHA-256 mismatch (manifest {manifest['sha256'][:12]}..., "
                              f"file {actual[:12]}...): the file was modified or is incomplete")
+    key = manifest["key"] if manifest.get("key") in MODEL_REGISTRY else manifest["architecture"]["name"]
+    if not build_module and recorded_check_logits(manifest) is not None:
+        return LoadedModel(key=key, model=None, manifest=manifest, manifest_path=manifest_path)
     try:
         state = load_file(str(weights_path))
     except Exception as exc:  # noqa: BLE001 - SafetensorError or anything else the parser raises: refused
@@ -209,8 +286,17 @@ def load_converted_model(manifest_path: str | os.PathLike) -> LoadedModel:
     state = {k: (v.to(expected[k].dtype)) for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     model.eval()
-    return LoadedModel(key=manifest["key"] if manifest.get("key") in MODEL_REGISTRY else spec.key,
-                       model=model, manifest=manifest)
+    return LoadedModel(key=key, model=model, manifest=manifest, manifest_path=manifest_path)
+
+
+def record_check_logits(manifest_path: str | os.PathLike) -> dict:
+    """Write the check logits into an installed model's manifest (models converted before manifests
+    recorded them); returns the manifest. The module is built and verified from the file."""
+    loaded = load_converted_model(manifest_path)
+    manifest = read_manifest(manifest_path)
+    manifest["check_logits"] = check_logits(loaded.model, loaded.input_size)
+    atomic_write_json(manifest_path, manifest)
+    return manifest
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict, dict]:

@@ -39,17 +39,27 @@ class ModelSpec:
     trunk_prefix: str | tuple[str, ...] | None = None
     description: str = ""
     default_arch_args: dict = field(default_factory=dict)
-    # Normalisation of variants that differ from mean/std, keyed by the `variant` architecture arg
-    # (EfficientNet-Lite's ImageNet weights expect mean = std = 0.5, B3's the ImageNet statistics).
+    # The architecture arg that selects a variant ("variant" for timm families, "trunk" for the custom
+    # models) and what differs per variant: normalisation where it differs from mean/std
+    # (EfficientNet-Lite's ImageNet weights expect mean = std = 0.5, B3's the ImageNet statistics),
+    # and feature layers where the module names differ (another trunk).
+    variant_arg: str = "variant"
     variant_norms: dict = field(default_factory=dict)
+    variant_feature_layers: dict = field(default_factory=dict)
 
     def arch_args(self, **overrides) -> dict:
         """The full architecture arguments (defaults filled in), as manifests record them."""
         return {**self.default_arch_args, **overrides}
 
+    def variant(self, arch_args: dict | None = None):
+        return self.arch_args(**(arch_args or {})).get(self.variant_arg)
+
     def normalisation(self, arch_args: dict | None = None) -> tuple[tuple, tuple]:
-        variant = self.arch_args(**(arch_args or {})).get("variant")
-        return self.variant_norms.get(variant, (self.mean, self.std))
+        return self.variant_norms.get(self.variant(arch_args), (self.mean, self.std))
+
+    def layers_to_show(self, arch_args: dict | None = None) -> tuple[str, ...]:
+        """The feature-map layers of this variant (`feature_layers` unless the variant names others)."""
+        return self.variant_feature_layers.get(self.variant(arch_args), self.feature_layers)
 
     def build(self, input_size: int | None = None, pretrained: bool = False, **arch_args) -> nn.Module:
         args = {**self.default_arch_args, **arch_args}
@@ -136,16 +146,25 @@ register(ModelSpec(
     key="swin", title="Swin Transformer", build_fn=_build_swin, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,
     description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B)."))
+# The custom models' trunk (architecture arg `trunk`): MobileNetV2 (default) or EfficientNet-Lite,
+# both with offline ImageNet weights. Grad-CAM layers (trunk.stage16 / trunk.stage32) exist in both.
+_LITE_TRUNK_NORMS = {"lite0": (HALF_MEAN, HALF_STD), "lite2": (HALF_MEAN, HALF_STD)}
 register(ModelSpec(
     key="cross_attention", title="Cross-Attention", build_fn=_build_cross_attention, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage16.13"),
     cam_layer="trunk.stage16", trunk_prefix="trunk.",
-    description="Two-scale cross-attention network on a MobileNetV2 trunk (stride 16 and 32 streams)."))
+    default_arch_args={"trunk": "mobilenet_v2"}, variant_arg="trunk", variant_norms=_LITE_TRUNK_NORMS,
+    variant_feature_layers={t: ("trunk.stage16.block2", "trunk.stage16.block4") for t in _LITE_TRUNK_NORMS},
+    description="Two-scale cross-attention network on a MobileNetV2 trunk (stride 16 and 32 streams); "
+                "trunk='lite2' puts it on EfficientNet-Lite2."))
 register(ModelSpec(
     key="cnn_transformer", title="CNN-Transformer", build_fn=_build_cnn_transformer, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage32.17"),
     cam_layer="trunk.stage32", trunk_prefix="trunk.",
-    description="MobileNetV2 trunk + 4-layer pre-norm transformer encoder (8 heads) on its stride-32 grid."))
+    default_arch_args={"trunk": "mobilenet_v2"}, variant_arg="trunk", variant_norms=_LITE_TRUNK_NORMS,
+    variant_feature_layers={t: ("trunk.stage16.block2", "trunk.stage32.block6") for t in _LITE_TRUNK_NORMS},
+    description="MobileNetV2 trunk + 4-layer pre-norm transformer encoder (8 heads) on its stride-32 grid; "
+                "trunk='lite2' puts it on EfficientNet-Lite2."))
 
 MODEL_KEYS: tuple[str, ...] = tuple(MODEL_REGISTRY)
 ENSEMBLE_KEY = "ensemble"

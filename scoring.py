@@ -31,6 +31,7 @@ log = logging.getLogger("scoring")
 
 DEFAULT_THRESHOLD = 0.5
 MAX_BATCH = 32
+FLIP_POLICIES = ("voters", "all", "none")
 
 
 class NoModelsError(RuntimeError):
@@ -112,13 +113,19 @@ class TorchRunner:
 class ScoringEngine:
     """Loads the installed models and scores face crops with each of them and their ensemble.
 
-    `flip_tta` (default on) scores every crop and its mirror image and averages the two raw logits
-    before the temperature: a face and its mirror are the same evidence, yet a model alone moved by
-    0.11 in P(fake) between them (issue 11); the average costs one extra pass per model, batched."""
+    Test-time flip: a model that uses it scores every crop and its mirror image and averages the two
+    raw logits before the temperature: a face and its mirror are the same evidence, yet a model alone
+    moved by 0.11 in P(fake) between them (issue 11). It costs one extra batched pass per model, so
+    `flip_tta="voters"` (the default) spends it only where it can change a verdict: on the ensemble's
+    voting members. Advisory members (weight 0, below the quality floor) are scored once; the flip
+    moved their P(fake) by under 0.01 on average (docs/stability.json) while Xception and Swin are 84 %
+    of the models' arithmetic (docs/performance.md). "all" / True and "none" / False force it."""
 
     def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto",
-                 flip_tta: bool = True):
-        self.flip_tta = flip_tta
+                 flip_tta: str | bool = "voters"):
+        if flip_tta not in FLIP_POLICIES and not isinstance(flip_tta, bool):
+            raise ValueError(f"flip_tta must be one of {FLIP_POLICIES} or a bool, not {flip_tta!r}")
+        self.flip_tta = {True: "all", False: "none"}.get(flip_tta, flip_tta) if isinstance(flip_tta, bool) else flip_tta
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -131,13 +138,16 @@ class ScoringEngine:
                 self.status[key] = ModelStatus(key, spec.title, "missing", f"{self.models_dir / (key + '.json')} not found")
                 continue
             try:
-                loaded = load_converted_model(manifests[key])
+                # The torch module is built only if the runner needs it (torch runtime, an ONNX
+                # export, a manifest without check logits) or an explanation asks for it.
+                loaded = load_converted_model(manifests[key], build_module=runtime == "torch")
+                runner = self._runner_for(loaded)
             except ModelFileError as exc:
                 log.warning("%s", exc)
                 self.status[key] = ModelStatus(key, spec.title, "error", str(exc))
                 continue
             self.models[key] = loaded
-            self.runners[key] = self._runner_for(loaded)
+            self.runners[key] = runner
             test = (loaded.manifest.get("metrics") or {}).get("test") or {}
             self.status[key] = ModelStatus(key, spec.title, "loaded", "", loaded.input_size,
                                            test.get("auc"), loaded.manifest.get("num_parameters"))
@@ -152,6 +162,8 @@ class ScoringEngine:
             try:
                 from fast_runtime import OnnxRunner  # optional faster CPU path
                 return OnnxRunner(loaded)
+            except ModelFileError:   # the model itself is unusable (found when its module was built)
+                raise
             except Exception as exc:  # noqa: BLE001 - any ONNX problem falls back to torch
                 if self.runtime == "onnx":
                     raise
@@ -176,6 +188,12 @@ class ScoringEngine:
             return float(self.ensemble_manifest["threshold"])
         return DEFAULT_THRESHOLD
 
+    def uses_flip(self, key: str) -> bool:
+        """Whether `key`'s scores average the crop and its mirror image (see the class docstring)."""
+        if self.flip_tta != "voters":
+            return self.flip_tta == "all"
+        return key not in self.advisory_keys
+
     def require_models(self) -> None:
         if not self.models:
             raise NoModelsError(no_models_message(self.models_dir))
@@ -187,7 +205,7 @@ class ScoringEngine:
         for start in range(0, len(crops), MAX_BATCH):
             batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size,
                                   loaded.manifest["mean"], loaded.manifest["std"])
-            if self.flip_tta:  # one call for both views: (N) crops then their (N) mirror images
+            if self.uses_flip(key):  # one call for both views: (N) crops then their (N) mirror images
                 both = self.runners[key].logits(torch.cat([batch, batch.flip(3)]))
                 out.append((both[:len(batch)] + both[len(batch):]) / 2)
             else:

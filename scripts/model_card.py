@@ -12,6 +12,11 @@ sys.path.insert(0, str(ROOT))
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec  # noqa: E402
 
 
+# evaluate.py records the engine's flip policy (older files: a bool).
+FLIP_WORDS = {True: "on", False: "off", "all": "on every model", "none": "off",
+              "voters": "on the ensemble's voting members"}
+
+
 def fmt(v, nd=3):
     return "n/a" if v is None else f"{v:.{nd}f}"
 
@@ -54,7 +59,7 @@ def main(models_dir=ROOT / "converted_models") -> str:
     if stability.exists():
         s = json.loads(stability.read_text())
         rows += ["", f"Score stability ({s.get('command', 'evaluate.py --stability')}; test-time flip "
-                 f"{'on' if s.get('test_time_flip') else 'off'}): |dP(fake)| between a test crop and the same crop "
+                 f"{FLIP_WORDS.get(s.get('test_time_flip'), s.get('test_time_flip'))}): |dP(fake)| between a test crop and the same crop "
                  "re-cut (centre +-5 %, side +-5 %), resized with the other filter, or saved as JPEG 75"
                  + (f"; re-framing: spread of P(fake) over {s['reframing']['faces']} crops placed on a canvas four ways "
                     "and analysed through face finding" if "reframing" in s else "") + ":", "",

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["image_s", "image_cpu_s", "naive_image_s", "image_speedup", "video_s", "video_cpu_s", "naive_video_s",
-           "video_speedup", "video_speedup_cpu", "cold_start_s", "peak_rss_mb"]
+           "video_speedup", "video_speedup_cpu", "cold_start_s", "peak_rss_mb", "cli_video_s", "cli_peak_rss_mb"]
 
 pytestmark = pytest.mark.slow   # `make test-fast` leaves it out
 

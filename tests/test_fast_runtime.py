@@ -212,3 +212,62 @@ def test_cache_keeps_a_bounded_number_of_exports_per_model(loaded_models, tmp_pa
     assert f"efficientnet-64px-{2:064x}-abc.onnx" in kept                       # the newest stale one
     assert not (tmp_path / f"efficientnet-64px-{0:064x}-abc.onnx.json").exists()
     assert (tmp_path / "cnn_transformer-64px-x.onnx").exists()
+
+
+def test_torch_module_is_released_and_rebuilt_for_explanations(tmp_path):
+    """Scores never need the torch module, so the runner drops it; an explanation gets it back."""
+    from model_store import write_random_models
+
+    models = write_random_models(tmp_path / "models", keys=["cnn_transformer"], size=64, seed=0)
+    loaded = load_converted_model(models / "cnn_transformer.json")
+    runner = OnnxRunner(loaded, directory=tmp_path / "onnx")
+    assert not loaded.module_loaded and loaded.builds == 1
+    batch = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    scores = runner.logits(batch)
+    module = runner.model                       # rebuilt from the verified file
+    assert loaded.module_loaded and loaded.builds == 2 and runner.model is module
+    np.testing.assert_allclose(scores, torch_logits(loaded, batch), atol=TOL, rtol=TOL)
+
+
+def test_a_released_module_is_not_rebuilt_from_a_different_file(tmp_path):
+    """If the model on disk changed after loading, explanations must not silently explain another model."""
+    from model_store import ModelFileError, write_random_models
+
+    models = write_random_models(tmp_path / "models", keys=["cnn_transformer"], size=64, seed=0)
+    loaded = load_converted_model(models / "cnn_transformer.json")
+    OnnxRunner(loaded, directory=tmp_path / "onnx")
+    write_random_models(models, keys=["cnn_transformer"], size=64, seed=1)   # another model, same place
+    with pytest.raises(ModelFileError, match="changed on disk"):
+        loaded.model
+
+
+def test_engine_start_with_a_valid_cache_builds_no_torch_module(tmp_path, monkeypatch):
+    """The manifest's check logits prove a cached graph: scoring starts without any torch module."""
+    from model_store import write_random_models
+    from scoring import ScoringEngine
+
+    monkeypatch.setenv(fast_runtime.CACHE_ENV, str(tmp_path / "onnx"))
+    models = write_random_models(tmp_path / "models", keys=["efficientnet", "cnn_transformer"], size=64)
+    first = ScoringEngine(models)                       # exports: builds each module once, then drops it
+    assert all(not m.module_loaded and m.builds == 1 for m in first.models.values())
+    again = ScoringEngine(models)
+    assert all(r.runtime == "onnx" and not r.exported for r in again.runners.values())
+    assert all(m.builds == 0 for m in again.models.values())
+    crop = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    np.testing.assert_allclose(again.score_crops([crop]).ensemble_probability,
+                               ScoringEngine(models, runtime="torch").score_crops([crop]).ensemble_probability,
+                               atol=1e-4)
+
+
+def test_manifest_check_logits_that_the_graph_does_not_reproduce_force_a_checked_export(tmp_path, monkeypatch):
+    from fileio import atomic_write_json
+    from model_store import read_manifest, write_random_models
+
+    monkeypatch.setenv(fast_runtime.CACHE_ENV, str(tmp_path / "onnx"))
+    models = write_random_models(tmp_path / "models", keys=["cnn_transformer"], size=64)
+    OnnxRunner(load_converted_model(models / "cnn_transformer.json", build_module=False))   # fills the cache
+    manifest = read_manifest(models / "cnn_transformer.json")
+    manifest["check_logits"] = [v + 1.0 for v in manifest["check_logits"]]
+    atomic_write_json(models / "cnn_transformer.json", manifest)
+    runner = OnnxRunner(load_converted_model(models / "cnn_transformer.json", build_module=False))
+    assert runner.exported and "differs" in runner.cache_problem   # re-exported and checked against torch

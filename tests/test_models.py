@@ -122,3 +122,37 @@ def test_shipped_efficientnet_variant_starts_from_the_offline_lite2_weights():
     # One-logit head starts small: a fresh detector is unsure, not confidently wrong.
     with torch.no_grad():
         assert detector.eval()(torch.randn(4, 3, 128, 128)).abs().max() < 2.0
+
+
+@pytest.mark.parametrize("key", ["cross_attention", "cnn_transformer"])
+def test_custom_models_on_the_offline_lite2_trunk(key):
+    """trunk='lite2': the trunk is EfficientNet-Lite2 with its offline ImageNet weights (every tensor
+    equal to the reference's), the model normalises as those weights expect, and the layers the app
+    shows exist under the new trunk's names."""
+    import timm
+
+    from architectures import load_efficientnet_lite_imagenet
+
+    spec = get_spec(key)
+    args = {"trunk": "lite2"}
+    assert spec.arch_args()["trunk"] == "mobilenet_v2" and spec.normalisation()[0] == (0.485, 0.456, 0.406)
+    assert spec.normalisation(args) == ((0.5,) * 3, (0.5,) * 3)
+    model = spec.build(128, pretrained=True, **args).eval()
+    reference = load_efficientnet_lite_imagenet(timm.create_model("tf_efficientnet_lite2"), "lite2").state_dict()
+    trunk = model.trunk.state_dict()
+    renamed = {"stage16.stem.0": "conv_stem", "stage16.stem.1": "bn1", "stage32.head.0": "conv_head",
+               "stage32.head.1": "bn2"} | {f"stage{16 if i < 5 else 32}.block{i}": f"blocks.{i}" for i in range(7)}
+    checked = 0
+    for name, tensor in trunk.items():
+        prefix = next(p for p in renamed if name.startswith(p + "."))
+        assert torch.equal(tensor, reference[renamed[prefix] + name[len(prefix):]]), name
+        checked += 1
+    assert checked == len(trunk) > 100
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 128, 128)).shape == (2, 1)
+    names = dict(model.named_modules())
+    for layer in (*spec.layers_to_show(args), spec.cam_layer):
+        assert layer in names, layer
+    assert spec.layers_to_show() == spec.feature_layers
+    with pytest.raises(ValueError, match="unknown trunk"):
+        spec.build(128, trunk="resnet")

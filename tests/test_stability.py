@@ -50,3 +50,25 @@ def test_stability_reports_every_model_and_the_ensemble(engine, astronaut):
     for k, m in out.items():
         assert m["n"] == 3 * 5 and 0.0 <= m["mean"] <= m["p95"] <= m["max"] <= 1.0
         assert set(m["by_view"]) == {"shift", "larger", "smaller", "filter", "jpeg75"}
+
+
+def test_flip_is_spent_on_voting_members_only(tmp_path, astronaut):
+    """Default policy: the ensemble's voters average crop and mirror; advisory members (weight 0) are
+    scored once, since their scores cannot change a verdict."""
+    from fileio import atomic_write_json
+    from model_store import write_random_models
+
+    models = write_random_models(tmp_path, keys=["cross_attention", "efficientnet"], size=64, ensemble=False)
+    atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
+                                                 "weights": {"cross_attention": 1.0, "efficientnet": 0.0}})
+    engine = ScoringEngine(models, runtime="torch")
+    assert engine.flip_tta == "voters" and engine.advisory_keys == ["efficientnet"]  # (random efficientnet: not symmetric)
+    assert engine.uses_flip("cross_attention") and not engine.uses_flip("efficientnet")
+    crop = np.ascontiguousarray(astronaut[20:244, 150:374])
+    p = engine.score_crops([crop, np.ascontiguousarray(crop[:, ::-1])]).model_probabilities
+    assert p["cross_attention"][0] == pytest.approx(p["cross_attention"][1], abs=1e-5)
+    assert abs(p["efficientnet"][0] - p["efficientnet"][1]) > 1e-4
+    assert ScoringEngine(models, runtime="torch", flip_tta="all").uses_flip("efficientnet")
+    assert not ScoringEngine(models, runtime="torch", flip_tta=False).uses_flip("cross_attention")
+    with pytest.raises(ValueError):
+        ScoringEngine(models, runtime="torch", flip_tta="sometimes")
