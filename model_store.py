@@ -142,8 +142,10 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
     state = {name: t.detach().to("cpu", torch.float16 if t.is_floating_point() else t.dtype).contiguous()
              for name, t in model.state_dict().items()}
     data = save(state, metadata={"key": key, "format_version": str(FORMAT_VERSION)})
-    # The model as load_converted_model will build it: from the registry, with the fp16 weights.
-    as_loaded = spec.build(int(input_size), pretrained=False, **arch_args)
+    # The model as load_converted_model will build it: from the registry, with the fp16 weights (its
+    # random initialisation must not move the caller's random stream: write_random_models relies on it).
+    with torch.random.fork_rng(devices=[]):
+        as_loaded = spec.build(int(input_size), pretrained=False, **arch_args)
     as_loaded.load_state_dict(state)
     manifest = {
         "format_version": FORMAT_VERSION,
