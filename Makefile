@@ -44,9 +44,11 @@ test: install-dev
 	$(PY) -m pytest -q tests
 
 # The inner loop: everything but the tests marked slow (subprocess trainings, the benchmark smoke
-# test, the browser test, the fuzzers). `make test` (and CI) still run them all.
+# test, the browser test, the fuzzers, the hostile-corpus CLI batch and the killed batch scan), on two
+# workers with one thread each (measured: README, "Tests"). `make test` (and
+# CI) still run them all, serially.
 test-fast: install-dev
-	$(PY) -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmark.py

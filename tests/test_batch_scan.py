@@ -184,6 +184,7 @@ def count_complete_lines(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow   # SIGKILLs a real scan subprocess, like the training kill-and-resume test
 def test_killed_scan_resumes_to_the_uninterrupted_result(uninterrupted, tree, models_dir, tmp_path, shared_engine):
     output = tmp_path / "killed.jsonl"
     proc = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), *scan_args(tree, output, models_dir)],

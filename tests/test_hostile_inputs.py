@@ -295,6 +295,7 @@ def test_cli_batch_reports_each_bad_file_once_and_goes_on(corpus, shared_engine_
     assert all(line.split()[0] == "NO_FACE" for line in out[1:])
 
 
+@pytest.mark.slow   # a fresh interpreter over the whole corpus (the engine path runs in the fast tier)
 def test_cli_subprocess_hostile_batch(corpus, engine, random_models_dir, tmp_path):
     """The real command line: exit 2, one `error:` line per bad file, nothing else on stderr."""
     names = [NON_ASCII_IMAGE, "text.jpg", "truncated.mp4", "huge_20000x20000.png", "zero_frames.avi",
