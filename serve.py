@@ -289,6 +289,8 @@ class EngineState:
 def load_engine(state: EngineState, models_dir: str) -> None:
     try:
         engine = ScoringEngine(models_dir)
+        from faces import get_face_detector
+        get_face_detector()       # before "ready": the first request should not pay MTCNN's start
     except Exception:  # noqa: BLE001 - reported by /health; details in the log
         log.exception("the models could not be loaded from %s", models_dir)
         state.status = "failed"
