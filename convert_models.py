@@ -90,7 +90,7 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
         "train_time_s": round(float(ckpt.get("elapsed_s", 0.0)), 1),
         "best_val_auc_during_training": float(ckpt["best_auc"]),
         "pretrained_trunk": bool(config.get("pretrained")) and spec.trunk_prefix is not None,
-        "sbi": config.get("sbi"), "distilled_from": config.get("teacher"),
+        "sbi": config.get("sbi"), "distilled_from": config.get("teacher"), "init_weights": config.get("init_weights"),
         "command": config.get("command"), "history": history,
     }
     save_converted_model(model, key, out_dir, input_size=config["input_size"],

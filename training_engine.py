@@ -472,7 +472,7 @@ class Trainer:
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
                 "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
-                "teacher": a.teacher, "seed": a.seed, "world_size": self.world,
+                "teacher": a.teacher, "init_weights": a.init_weights, "seed": a.seed, "world_size": self.world,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python scripts/model_card.py
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,15 @@ from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec  # noqa: E402
 # evaluate.py records the engine's flip policy (older files: a bool).
 FLIP_WORDS = {True: "on", False: "off", "all": "on every model", "none": "off",
               "voters": "on the ensemble's voting members"}
+
+
+def started_from(training: dict) -> str | None:
+    """The weights a training run started from (`--init-weights`); older manifests only have it in
+    the recorded command."""
+    if training.get("init_weights"):
+        return training["init_weights"]
+    found = re.search(r"--init-weights[= ](\S+)", training.get("command") or "")
+    return found.group(1) if found else None
 
 
 def fmt(v, nd=3):
@@ -32,8 +42,9 @@ def main(models_dir=ROOT / "converted_models") -> str:
         m = json.loads(path.read_text())
         t, c = m["metrics"]["test"], m["metrics"].get("cross_dataset", {})
         tr = m.get("training", {})
-        how = (f"{tr.get('train_time_s', 0) / 60:.0f} min CPU, {tr.get('epochs')} x "
-               f"{'from ImageNet weights' if tr.get('pretrained_trunk') else 'from scratch'}"
+        start = ("continued from earlier weights" if started_from(tr) else
+                 "from ImageNet weights" if tr.get("pretrained_trunk") else "from scratch")
+        how = (f"{tr.get('train_time_s', 0) / 60:.0f} min CPU, {tr.get('epochs')} x {start}"
                f"{', distilled' if tr.get('distilled_from') else ''}")
         rows.append(f"| `{key}` | {m['title']} | {m['input_size']} | {m['num_parameters'] / 1e6:.1f} M | {how} | "
                     f"{fmt(t['auc'])} | {fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | "
