@@ -41,5 +41,7 @@ train xception "${SCRATCH[@]}" --time-budget  8
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
-# (the shipped xception, swin and both custom models kept their session-1 weights; their temperatures
-# were refitted with the test-time flip by `convert_models.py ... --recalibrate KEY`.)
+# As shipped (session 3): xception and swin keep their session-1 weights, their temperatures refitted
+# without the flip (advisory members are scored once) by `convert_models.py ... --recalibrate xception
+# swin efficientnet` (which also records every manifest's check logits); the custom models are
+# converted from "$OUT/continued/<key>/best.pt", efficientnet from "$OUT/efficientnet/best.pt".
