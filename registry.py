@@ -147,24 +147,29 @@ register(ModelSpec(
     mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,
     description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B)."))
 # The custom models' trunk (architecture arg `trunk`): MobileNetV2 (default) or EfficientNet-Lite,
-# both with offline ImageNet weights. Grad-CAM layers (trunk.stage16 / trunk.stage32) exist in both.
+# both with offline ImageNet weights. Grad-CAM layers (trunk.stage16 / trunk.stage32) exist in both;
+# the feature-map layers are named per trunk.
 _LITE_TRUNK_NORMS = {"lite0": (HALF_MEAN, HALF_STD), "lite2": (HALF_MEAN, HALF_STD)}
-register(ModelSpec(
-    key="cross_attention", title="Cross-Attention", build_fn=_build_cross_attention, default_input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage16.13"),
-    cam_layer="trunk.stage16", trunk_prefix="trunk.",
-    default_arch_args={"trunk": "mobilenet_v2"}, variant_arg="trunk", variant_norms=_LITE_TRUNK_NORMS,
-    variant_feature_layers={t: ("trunk.stage16.block2", "trunk.stage16.block4") for t in _LITE_TRUNK_NORMS},
-    description="Two-scale cross-attention network on a MobileNetV2 trunk (stride 16 and 32 streams); "
-                "trunk='lite2' puts it on EfficientNet-Lite2."))
-register(ModelSpec(
-    key="cnn_transformer", title="CNN-Transformer", build_fn=_build_cnn_transformer, default_input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_layers=("trunk.stage16.6", "trunk.stage32.17"),
-    cam_layer="trunk.stage32", trunk_prefix="trunk.",
-    default_arch_args={"trunk": "mobilenet_v2"}, variant_arg="trunk", variant_norms=_LITE_TRUNK_NORMS,
-    variant_feature_layers={t: ("trunk.stage16.block2", "trunk.stage32.block6") for t in _LITE_TRUNK_NORMS},
-    description="MobileNetV2 trunk + 4-layer pre-norm transformer encoder (8 heads) on its stride-32 grid; "
-                "trunk='lite2' puts it on EfficientNet-Lite2."))
+
+
+def _custom_spec(key: str, title: str, build_fn, mnv2_layers: tuple[str, str], lite_layers: tuple[str, str],
+                 cam_layer: str, description: str) -> ModelSpec:
+    return ModelSpec(key=key, title=title, build_fn=build_fn, default_input_size=224, mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD, feature_layers=mnv2_layers, cam_layer=cam_layer, trunk_prefix="trunk.",
+                     default_arch_args={"trunk": "mobilenet_v2"}, variant_arg="trunk",
+                     variant_norms=_LITE_TRUNK_NORMS,
+                     variant_feature_layers={t: lite_layers for t in _LITE_TRUNK_NORMS},
+                     description=description + "; trunk='lite2' puts it on EfficientNet-Lite2.")
+
+
+register(_custom_spec(
+    "cross_attention", "Cross-Attention", _build_cross_attention, ("trunk.stage16.6", "trunk.stage16.13"),
+    ("trunk.stage16.block2", "trunk.stage16.block4"), "trunk.stage16",
+    "Two-scale cross-attention network on a MobileNetV2 trunk (stride 16 and 32 streams)"))
+register(_custom_spec(
+    "cnn_transformer", "CNN-Transformer", _build_cnn_transformer, ("trunk.stage16.6", "trunk.stage32.17"),
+    ("trunk.stage16.block2", "trunk.stage32.block6"), "trunk.stage32",
+    "MobileNetV2 trunk + 4-layer pre-norm transformer encoder (8 heads) on its stride-32 grid"))
 
 MODEL_KEYS: tuple[str, ...] = tuple(MODEL_REGISTRY)
 ENSEMBLE_KEY = "ensemble"
