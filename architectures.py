@@ -10,6 +10,8 @@ from __future__ import annotations
 import glob
 import os
 import sysconfig
+from collections import OrderedDict
+from functools import partial
 
 import torch
 from torch import nn
@@ -141,8 +143,7 @@ class EfficientNetLiteTrunk(nn.Module):
 
     def __init__(self, variant: str = "lite2", pretrained: bool = False, with_head_conv: bool = True):
         super().__init__()
-        import timm
-        from collections import OrderedDict
+        import timm  # imported lazily: timm takes a second to import
 
         net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0)
         if pretrained:
@@ -163,11 +164,9 @@ class EfficientNetLiteTrunk(nn.Module):
 
 # Trunks of the two custom models, by the `trunk` architecture argument. Their ImageNet weights ship
 # offline; their normalisation and the layers the app shows are in the registry (trunk variants).
-TRUNKS = {
-    "mobilenet_v2": lambda pretrained, with_head_conv: MobileNetV2Trunk(pretrained, with_head_conv),
-    "lite0": lambda pretrained, with_head_conv: EfficientNetLiteTrunk("lite0", pretrained, with_head_conv),
-    "lite2": lambda pretrained, with_head_conv: EfficientNetLiteTrunk("lite2", pretrained, with_head_conv),
-}
+TRUNKS = {"mobilenet_v2": MobileNetV2Trunk,
+          "lite0": partial(EfficientNetLiteTrunk, "lite0"),
+          "lite2": partial(EfficientNetLiteTrunk, "lite2")}
 
 
 def build_trunk(name: str, pretrained: bool, with_head_conv: bool) -> nn.Module:

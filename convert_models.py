@@ -26,11 +26,10 @@ import data_handler
 import ensembling
 from evaluate import score_face_crops
 from metrics import binary_metrics
-from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, model_from_checkpoint, read_manifest,
-                         record_check_logits,
-                         save_converted_model)
+from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, ensure_check_logits, load_ensemble_manifest,
+                         model_from_checkpoint, read_manifest, save_converted_model)
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
-from scoring import ScoringEngine, sigmoid
+from scoring import ScoringEngine, is_advisory, sigmoid
 
 log = logging.getLogger("convert")
 
@@ -68,10 +67,16 @@ def _calibration_engine(models_dir: Path, key: str) -> ScoringEngine:
     return ScoringEngine(models_dir, keys=[key], runtime="torch")
 
 
-def _calibrated_logits(models_dir: Path, key: str, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    engine = _calibration_engine(models_dir, key)
+def _calibrated_logits(engine: ScoringEngine, key: str, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     logits, kept = score_face_crops(engine, paths, [key], progress=False)
     return logits[key], kept
+
+
+FLIP = "horizontal flip (mean of the two logits)"
+
+
+def _tta_words(flipped: bool) -> str:
+    return FLIP if flipped else "none"
 
 
 def _metric_cmd(data_dir: str, split: str) -> str:
@@ -101,30 +106,28 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
 
 def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, cache_dir: Path) -> dict:
     """Fit an installed model's temperature on val (fp16 weights as shipped, test-time flip as in the
-    app: on for ensemble members that vote), then record val, test and cross-dataset metrics in its manifest; cache the calibrated
-    logits in `cache_dir/eval_logits.npz` for the ensemble fit."""
+    app: on for ensemble members that vote), then record val, test and cross-dataset metrics in its
+    manifest; cache the calibrated logits in `cache_dir/eval_logits.npz` for the ensemble fit."""
     manifest_path = out_dir / f"{key}.json"
-    record_check_logits(manifest_path)      # for models converted before manifests had them
-    old_temperature = float(read_manifest(manifest_path).get("temperature", 1.0))
-    val_paths, val_labels = _split_paths(data_dir, "val")
-    val_z, kept = _calibrated_logits(out_dir, key, val_paths)
-    val_raw = val_z * old_temperature
-    temperature = fit_temperature(val_raw, val_labels[kept])
+    ensure_check_logits(manifest_path)      # models converted before manifests had them
+    engine = _calibration_engine(out_dir, key)
+    old_temperature = engine.models[key].temperature
+    sets = [("val", data_dir, "val"), ("test", data_dir, "test")] + \
+        ([("cross_dataset", cross_data, "test")] if cross_data else [])
+    raw = {}                                 # logits before any temperature, and their labels
+    for name, ddir, split in sets:
+        paths, labels = _split_paths(ddir, split)
+        z, kept = _calibrated_logits(engine, key, paths)
+        raw[name] = (z * old_temperature, labels[kept])
+    temperature = fit_temperature(*raw["val"])
     manifest = read_manifest(manifest_path)
     manifest["temperature"] = round(temperature, 5)
     manifest["threshold"] = 0.5
-    manifest["test_time_augmentation"] = ("horizontal flip (mean of the two logits)"
-                                          if _calibration_engine(out_dir, key).uses_flip(key) else "none")
-    atomic_write_json(manifest_path, manifest)
-    metrics = {"val": binary_metrics(val_labels[kept], sigmoid(val_raw / temperature))}
-    eval_sets = [("test", data_dir, "test")] + ([("cross_dataset", cross_data, "test")] if cross_data else [])
-    cache = {"val": (val_raw / temperature, val_labels[kept])}
-    for name, ddir, split in eval_sets:
-        paths, labels = _split_paths(ddir, split)
-        z, kept = _calibrated_logits(out_dir, key, paths)
-        metrics[name] = binary_metrics(labels[kept], sigmoid(z))
+    manifest["test_time_augmentation"] = _tta_words(engine.uses_flip(key))
+    cache = {name: (z / temperature, labels) for name, (z, labels) in raw.items()}
+    metrics = {name: binary_metrics(labels, sigmoid(z)) for name, (z, labels) in cache.items()}
+    for name, ddir, split in sets[1:]:
         metrics[name].update(dataset=Path(ddir).name, split=split, command=_metric_cmd(ddir, split))
-        cache[name] = (z, labels[kept])
     manifest["metrics"] = metrics
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(manifest_path, manifest)
@@ -149,11 +152,12 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
                     "tta" in d.files and str(d["tta"]) == manifest.get("test_time_augmentation"):
                 return {k: d[k] for k in d.files}
     out = {}
+    engine = _calibration_engine(out_dir, key)
     sets = [("val", data_dir, "val"), ("test", data_dir, "test")] + \
         ([("cross_dataset", cross_data, "test")] if cross_data else [])
     for name, ddir, split in sets:
         paths, labels = _split_paths(ddir, split)
-        z, kept = _calibrated_logits(out_dir, key, paths)
+        z, kept = _calibrated_logits(engine, key, paths)
         out[f"{name}_logits"], out[f"{name}_labels"] = z, labels[kept]
     return out
 
@@ -186,6 +190,19 @@ def fit_ensemble(out_dir: Path, runs_dir: Path, data_dir: str, cross_data: str |
     return manifest
 
 
+def flip_out_of_date(out_dir: Path) -> list[str]:
+    """Installed models whose temperature was fitted with another test-time flip than the installed
+    ensemble now gives them (a member that started or stopped voting): they need recalibrating."""
+    ensemble = load_ensemble_manifest(out_dir)
+    stale = []
+    for key in MODEL_KEYS:
+        path = out_dir / f"{key}.json"
+        if path.exists() and read_manifest(path).get("test_time_augmentation") != \
+                _tta_words(not is_advisory(ensemble, key)):
+            stale.append(key)
+    return stale
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Convert training checkpoints into installed models.")
     p.add_argument("--checkpoint", nargs="*", default=[], help="engine checkpoints (runs/<key>/best.pt)")
@@ -206,6 +223,15 @@ def main(argv=None) -> int:
         calibrate_and_measure(out_dir, get_spec(key).key, a.data_dir, a.cross_data, Path(a.runs_dir) / key)
     if a.ensemble:
         fit_ensemble(out_dir, Path(a.runs_dir), a.data_dir, a.cross_data)
+        # Voting decides the flip and the flip the temperature: members whose vote changed are
+        # recalibrated and the ensemble refitted on their new logits (once: the quality floor is a
+        # val AUC, which the flip moves by thousandths).
+        stale = flip_out_of_date(out_dir)
+        if stale:
+            log.info("voting changed for %s: recalibrating with the matching test-time flip", ", ".join(stale))
+            for key in stale:
+                calibrate_and_measure(out_dir, key, a.data_dir, a.cross_data, Path(a.runs_dir) / key)
+            fit_ensemble(out_dir, Path(a.runs_dir), a.data_dir, a.cross_data)
     return 0
 
 

@@ -206,15 +206,13 @@ def _max_excess(onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
 class OnnxRunner:
     """One converted model as an ONNX Runtime session (CPU); a scoring.Runner like TorchRunner.
 
-    Scores never touch the torch module, so it is released once the session is verified (with
-    `release_torch_module`, the default; ~300 MB for the five models, docs/performance.md); `model`
-    rebuilds it from the verified file for explanations, and `lock` guards it so that explanations
-    hold the same lock as with TorchRunner."""
+    Scores never touch the torch module, so it is released once the session is verified (~300 MB
+    for the five models, docs/performance.md); `model` rebuilds it from the verified file for
+    explanations, and `lock` guards it so that explanations hold the same lock as with TorchRunner."""
 
     runtime = "onnx"
 
-    def __init__(self, loaded: LoadedModel, directory: str | os.PathLike | None = None,
-                 release_torch_module: bool = True):
+    def __init__(self, loaded: LoadedModel, directory: str | os.PathLike | None = None):
         import onnxruntime as ort  # noqa: F401 - fail early (-> torch fallback) if it is missing
 
         self.key = loaded.key
@@ -232,15 +230,14 @@ class OnnxRunner:
         # cached graph is proven without building the torch module), else the torch module's.
         recorded = recorded_check_logits(loaded.manifest)
         self._check_expected = recorded if recorded is not None else self._torch_check(loaded)
-        self.timings["torch_check_s"] = time.perf_counter() - t0
+        self.timings["check_expected_s"] = time.perf_counter() - t0
 
         with _file_lock(self.onnx_path.parent / ".lock"):
             session = self._from_cache(loaded)
             if session is None:
                 session = self._export_and_cache(loaded)
         self.session = session
-        if release_torch_module:
-            loaded.release_module()
+        loaded.release_module()
         release_free_memory()
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name

@@ -103,13 +103,11 @@ class LoadedModel:
     def module_loaded(self) -> bool:
         return self._model is not None
 
-    def release_module(self) -> bool:
-        """Drop the torch module (rebuilt on next use); False if it could not be rebuilt (no file)."""
-        if self.manifest_path is None:
-            return False
-        with self._module_lock:
-            self._model = None
-        return True
+    def release_module(self) -> None:
+        """Drop the torch module (rebuilt on next use); kept if there is no file to rebuild it from."""
+        if self.manifest_path is not None:
+            with self._module_lock:
+                self._model = None
 
     @property
     def input_size(self) -> int:
@@ -291,14 +289,15 @@ def load_converted_model(manifest_path: str | os.PathLike, build_module: bool = 
     return LoadedModel(key=key, model=model, manifest=manifest, manifest_path=manifest_path)
 
 
-def record_check_logits(manifest_path: str | os.PathLike) -> dict:
-    """Write the check logits into an installed model's manifest (models converted before manifests
-    recorded them); returns the manifest. The module is built and verified from the file."""
+def ensure_check_logits(manifest_path: str | os.PathLike) -> None:
+    """Record the check logits in an installed model's manifest converted before manifests had them
+    (the module is built and verified from the file); nothing to do for any other manifest."""
+    if recorded_check_logits(read_manifest(manifest_path)) is not None:
+        return
     loaded = load_converted_model(manifest_path)
     manifest = read_manifest(manifest_path)
     manifest["check_logits"] = check_logits(loaded.model, loaded.input_size)
     atomic_write_json(manifest_path, manifest)
-    return manifest
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict, dict]:

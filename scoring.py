@@ -118,14 +118,16 @@ class ScoringEngine:
     moved by 0.11 in P(fake) between them (issue 11). It costs one extra batched pass per model, so
     `flip_tta="voters"` (the default) spends it only where it can change a verdict: on the ensemble's
     voting members. Advisory members (weight 0, below the quality floor) are scored once; the flip
-    moved their P(fake) by under 0.01 on average (docs/stability.json) while Xception and Swin are 84 %
-    of the models' arithmetic (docs/performance.md). "all" / True and "none" / False force it."""
+    moved their P(fake) by under 0.01 on average (docs/stability.json) while Xception and Swin are 88 %
+    of one pass of the five models (docs/performance.md). "all" / True and "none" / False force it."""
 
     def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto",
                  flip_tta: str | bool = "voters"):
         if flip_tta not in FLIP_POLICIES and not isinstance(flip_tta, bool):
             raise ValueError(f"flip_tta must be one of {FLIP_POLICIES} or a bool, not {flip_tta!r}")
-        self.flip_tta = {True: "all", False: "none"}.get(flip_tta, flip_tta) if isinstance(flip_tta, bool) else flip_tta
+        if isinstance(flip_tta, bool):
+            flip_tta = "all" if flip_tta else "none"
+        self.flip_tta = flip_tta
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -178,9 +180,7 @@ class ScoringEngine:
     @property
     def advisory_keys(self) -> list[str]:
         """Loaded members the ensemble does not vote with (weight 0, e.g. below its quality floor)."""
-        manifest = self.ensemble_manifest or {}
-        weights = manifest.get("weights") or {}
-        return [k for k in self.loaded_keys if manifest and float(weights.get(k, 0.0)) <= 0.0]
+        return [k for k in self.loaded_keys if is_advisory(self.ensemble_manifest, k)]
 
     @property
     def default_threshold(self) -> float:
@@ -230,6 +230,12 @@ class ScoringEngine:
         return combine(self.ensemble_manifest, logits, keys)
 
 
+def is_advisory(manifest: dict | None, key: str) -> bool:
+    """Whether the ensemble manifest leaves `key` out as a voter (weight 0 or absent); without a
+    manifest every member votes (equal weights)."""
+    return bool(manifest) and float((manifest.get("weights") or {}).get(key, 0.0)) <= 0.0
+
+
 def ensemble_weights(manifest: dict | None, keys) -> tuple[dict[str, float], float]:
     """Weights and bias over `keys`. Weights learnt on val are rescaled to their full sum when some
     members are switched off, so the ensemble keeps its logit scale; equal weights without a manifest
@@ -261,5 +267,5 @@ def verdict(probability: float | None, threshold: float) -> str:
     return "FAKE" if probability >= threshold else "REAL"
 
 
-__all__ = ["ScoringEngine", "ScoreResult", "Runner", "TorchRunner", "sigmoid", "combine", "ensemble_weights",
+__all__ = ["ScoringEngine", "ScoreResult", "Runner", "TorchRunner", "sigmoid", "combine", "ensemble_weights", "is_advisory",
            "ModelStatus", "NoModelsError", "verdict", "ENSEMBLE_KEY"]

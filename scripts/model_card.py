@@ -13,9 +13,8 @@ sys.path.insert(0, str(ROOT))
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec  # noqa: E402
 
 
-# evaluate.py records the engine's flip policy (older files: a bool).
-FLIP_WORDS = {True: "on", False: "off", "all": "on every model", "none": "off",
-              "voters": "on the ensemble's voting members"}
+# evaluate.py records the engine's flip policy (scoring.FLIP_POLICIES).
+FLIP_WORDS = {"all": "on every model", "none": "off", "voters": "on the ensemble's voting members"}
 
 
 def started_from(training: dict) -> str | None:

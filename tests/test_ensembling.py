@@ -96,3 +96,23 @@ def test_logistic_weights_are_never_negative_and_fit_better_than_chance():
     weights, bias = ensembling.fit_logistic(z, y, list(z))
     assert all(w >= 0 for w in weights.values()) and weights["inverted"] == pytest.approx(0.0, abs=1e-6)
     assert weights["good"] > weights["noise"]
+
+
+def test_members_whose_vote_changed_are_found_for_recalibration(tmp_path):
+    """The flip follows the vote, and the temperature the flip: a member calibrated with the other
+    flip than the installed ensemble gives it must be recalibrated (convert_models.main does it)."""
+    from convert_models import FLIP, flip_out_of_date
+    from fileio import atomic_write_json
+    from model_store import read_manifest, write_random_models
+
+    models = write_random_models(tmp_path, keys=["efficientnet", "xception"], size=64, ensemble=False)
+    for key, tta in (("efficientnet", FLIP), ("xception", "none")):
+        manifest = read_manifest(models / f"{key}.json")
+        atomic_write_json(models / f"{key}.json", {**manifest, "test_time_augmentation": tta})
+    assert flip_out_of_date(models) == ["xception"]        # no ensemble.json: every member votes
+    atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
+                                                 "weights": {"efficientnet": 1.0, "xception": 0.0}})
+    assert flip_out_of_date(models) == []
+    atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
+                                                 "weights": {"efficientnet": 0.0, "xception": 1.0}})
+    assert flip_out_of_date(models) == ["xception", "efficientnet"]     # registry order
