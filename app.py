@@ -94,7 +94,7 @@ def safe_stem(name: str) -> str:
 
 
 def verdict_word(v: str) -> str:
-    return {"FAKE": "FAKE", "REAL": "REAL"}.get(v, "NO FACE")
+    return {"FAKE": "FAKE", "REAL": "REAL", pipeline.NOT_SCORED: "NOT SCORED"}.get(v, "NO FACE")
 
 
 # ---- models ----------------------------------------------------------------------------------------

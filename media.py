@@ -20,6 +20,10 @@ MAX_VIDEO_PIXELS_PER_FRAME = 4096 * 2304  # 4K-ish; larger videos are refused
 MAX_VIDEO_FRAMES_ANALYSED = 300           # the app's slider maximum, also the CLI's
 MIN_VIDEO_FRAMES_ANALYSED = 1             # the CLI and the API refuse fewer; analyze_video clamps into the range
 DEFAULT_VIDEO_FRAMES_ANALYSED = 32        # the CLI's and the HTTP API's default (the app's slider starts at 100)
+# Advisory models (not voters in the ensemble) score at most this many faces of each person in a video,
+# spread evenly over the track: they cannot change a verdict, yet Xception and Swin were 80 % of the
+# models' time on a 100-frame video (docs/performance.md). pipeline.advisory_sample picks the faces.
+ADVISORY_FACES_PER_TRACK = 16
 # Face-finding limits (MAX_FACES_PER_IMAGE, DETECTION_MAX_SIDE) are the detector's: see faces.py.
 
 # The accepted file types, for every entry point (CLI, app, HTTP API, batch scans, evaluation).

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from media import DEFAULT_VIDEO_FRAMES_ANALYSED, MediaError
-from pipeline import analyze_path, build_report
+from pipeline import ADVISORY_FACES_PER_TRACK, analyze_path, build_report
 from scoring import ScoringEngine
 
 # MediaError carries only a sentence for people (media.py, video_processor.py, pipeline.py word them;
@@ -41,11 +41,13 @@ class AnalysisOptions:
     frames: int = DEFAULT_VIDEO_FRAMES_ANALYSED
     models: list[str] | None = None      # None: every installed model
     threshold: float | None = None       # None: the ensemble's calibrated threshold
+    advisory_faces: int | None = ADVISORY_FACES_PER_TRACK   # per person in a video; 0 or None: every face
 
 
 def analyze_to_report(path: str, engine: ScoringEngine, options: AnalysisOptions, name: str | None = None) -> dict:
     """Analyse one file and return its report; `name` replaces the path in the report and messages."""
-    analysis = analyze_path(path, engine, num_frames=options.frames, models=options.models, name=name)
+    analysis = analyze_path(path, engine, num_frames=options.frames, models=options.models, name=name,
+                            advisory_faces_per_track=options.advisory_faces)
     return build_report(analysis, engine, options.threshold, options.models)
 
 

@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from faces import CANONICAL_CROP_SIZE, Face, crop_face, get_face_detector
-from media import MAX_VIDEO_FRAMES_ANALYSED, MIN_VIDEO_FRAMES_ANALYSED, MediaError, kind_of, load_image
+from media import (ADVISORY_FACES_PER_TRACK, MAX_VIDEO_FRAMES_ANALYSED, MIN_VIDEO_FRAMES_ANALYSED, MediaError,
+                   kind_of, load_image)
 from process_wide import release_free_memory
 from scoring import ScoringEngine, sigmoid, verdict
 from video_processor import assign_tracks, iter_frames, probe_video, sample_frame_indices
@@ -32,6 +33,9 @@ from video_processor import assign_tracks, iter_frames, probe_video, sample_fram
 VIDEO_DETECTION_MAX_SIDE = 640   # video frames are searched for faces at this size (see README, perf)
 DETECTION_CHUNK = 4              # frames decoded and searched per batch: 4 was fastest (cache) and bounds memory
 MIN_TRACK_SHARE = 0.2
+# The verdict of a face (or frame) none of the chosen models scored: only when the chosen models are
+# all advisory and the analysis scored them on a sample (the app switches models after the analysis).
+NOT_SCORED = "NOT_SCORED"
 
 # progress(stage, done, total): what the analysis is doing, for a progress bar (the app's, the API's).
 ProgressFn = Callable[[str, int, int], None]
@@ -75,17 +79,44 @@ def _no_progress(stage: str, done: int, total: int) -> None:
     pass
 
 
-def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, progress: ProgressFn) -> list[str]:
+def advisory_sample(tracks: list[int], per_track: int) -> list[int]:
+    """Indices of the faces an advisory member scores: of each track's faces (given in order, by
+    their track ids) at most `per_track`, spread evenly from its first face to its last."""
+    by_track: dict[int, list[int]] = {}
+    for i, track in enumerate(tracks):
+        by_track.setdefault(track, []).append(i)
+    chosen: list[int] = []
+    for members in by_track.values():
+        if len(members) <= per_track:
+            chosen.extend(members)
+        else:
+            picks = np.unique(np.round(np.linspace(0, len(members) - 1, per_track)).astype(int))
+            chosen.extend(members[p] for p in picks)
+    return sorted(chosen)
+
+
+def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, progress: ProgressFn,
+                   advisory_per_track: int | None = None) -> tuple[list[str], dict[str, int]]:
+    """Score `records` with the chosen models; returns (keys, {advisory key: faces it scored}) where
+    advisory members scored only a sample (`advisory_sample`): only when some chosen member votes, so
+    the ensemble of every face stays complete."""
     keys = [k for k in engine.loaded_keys if not models or k in models]  # registry order
-    crops = [r.crop for r in records]
+    advisory = set(engine.advisory_keys) & set(keys)
+    subset = None
+    if advisory_per_track and advisory and advisory != set(keys):
+        subset = advisory_sample([r.track for r in records], advisory_per_track)
+        if len(subset) == len(records):
+            subset = None
     for n, key in enumerate(keys):
         progress(f"scoring faces with {key}", n, len(keys))
-        if crops:
-            logits = engine.model_logits(key, crops)
-            for r, z in zip(records, logits):
+        chosen = [records[i] for i in subset] if subset is not None and key in advisory else records
+        if chosen:
+            logits = engine.model_logits(key, [r.crop for r in chosen])
+            for r, z in zip(chosen, logits):
                 r.logits[key] = float(z)
     progress("scoring faces", len(keys), len(keys))
-    return keys
+    sampled = {k: len(subset) for k in keys if k in advisory} if subset is not None else {}
+    return keys, sampled
 
 
 def analyze_image(source, engine: ScoringEngine, name: str | None = None, models=None,
@@ -101,7 +132,7 @@ def analyze_image(source, engine: ScoringEngine, name: str | None = None, models
     t2 = time.perf_counter()
     records = [FaceRecord(face=f, crop=crop_face(image, f.box, CANONICAL_CROP_SIZE), track=i)
                for i, f in enumerate(faces)]
-    keys = _score_records(records, engine, models, progress)
+    keys, _ = _score_records(records, engine, models, progress)   # one track per face: nothing sampled
     t3 = time.perf_counter()
     return Analysis(input=str(label), kind="image", faces=records, frames_analyzed=1, frame_indices=[0],
                     width=image.shape[1], height=image.shape[0], image=image, models=keys,
@@ -110,8 +141,10 @@ def analyze_image(source, engine: ScoringEngine, name: str | None = None, models
 
 def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
                   progress: ProgressFn = _no_progress, name: str | None = None,
-                  detection_max_side: int = VIDEO_DETECTION_MAX_SIDE) -> Analysis:
-    """Sample `num_frames` evenly, decode only those, find faces in batches, track, score in batches."""
+                  detection_max_side: int = VIDEO_DETECTION_MAX_SIDE,
+                  advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK) -> Analysis:
+    """Sample `num_frames` evenly, decode only those, find faces in batches, track, score in batches
+    (advisory members: `advisory_faces_per_track` faces per person at most; 0 or None: every face)."""
     engine.require_models()
     num_frames = int(min(max(num_frames, MIN_VIDEO_FRAMES_ANALYSED), MAX_VIDEO_FRAMES_ANALYSED))
     t0 = time.perf_counter()
@@ -158,10 +191,14 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
     for r, tid in zip(records, flat):
         r.track = tid
     release_free_memory()   # before scoring too: MTCNN's freed temporaries would otherwise add to the peak
-    keys = _score_records(records, engine, models, progress)
+    keys, sampled = _score_records(records, engine, models, progress, advisory_faces_per_track)
     t2 = time.perf_counter()
     release_free_memory()   # what decoding and MTCNN freed: RSS does not creep up video after video
     notes = []
+    if sampled:
+        notes.append(f"advisory detectors ({', '.join(sampled)}) scored {next(iter(sampled.values()))} of the "
+                     f"{len(records)} faces: at most {advisory_faces_per_track} per person, spread over the "
+                     f"video; they do not vote in the ensemble")
     if failed:
         notes.append(f"{len(failed)} of {len(indices)} sampled frames could not be decoded "
                      f"(the header may overstate the frame count)")
@@ -173,13 +210,15 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
 
 
 def analyze_path(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
-                 progress: ProgressFn = _no_progress, name: str | None = None) -> Analysis:
+                 progress: ProgressFn = _no_progress, name: str | None = None,
+                 advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK) -> Analysis:
     if not os.path.exists(path):
         raise MediaError(f"{name or path}: no such file")
     if os.path.isdir(path):
         raise MediaError(f"{name or path}: is a folder, not a file")
     if kind_of(name or path) == "video":
-        return analyze_video(path, engine, num_frames, models, progress, name=name)
+        return analyze_video(path, engine, num_frames, models, progress, name=name,
+                             advisory_faces_per_track=advisory_faces_per_track)
     return analyze_image(path, engine, name=name, models=models, progress=progress)
 
 
@@ -195,29 +234,34 @@ def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | N
     keys = [k for k in analysis.models if not models or k in models]
     faces_out, per_face_ens, per_face_models = [], [], []
     for r in analysis.faces:
+        # A face lacks an advisory member's logit where that member scored a sample of the faces
+        # (ADVISORY_FACES_PER_TRACK); with a voter chosen, its ensemble is complete all the same.
         logits = {k: np.array([r.logits[k]]) for k in keys if k in r.logits}
         ens = float(engine.combine(logits, keys)[0]) if logits else math.nan
         probs = {k: float(sigmoid(r.logits[k])) for k in keys if k in r.logits}
         per_face_ens.append(ens)
         per_face_models.append(probs)
         faces_out.append({**r.face.to_dict(), "track": r.track, "fake_probability": _round(ens),
-                          "verdict": verdict(ens, threshold),
+                          "verdict": verdict(ens, threshold) if logits else NOT_SCORED,
                           "models": {k: _round(v) for k, v in probs.items()}})
 
     counted = counted_tracks(analysis)
 
-    def aggregate(scores: list[float]) -> float | None:
-        if not scores:
+    def aggregate(scores: list[float | None]) -> float | None:
+        """Most suspicious face (image) or counted person (video), over the faces with a score."""
+        scored = [(r.track, s) for r, s in zip(analysis.faces, scores) if s is not None and not math.isnan(s)]
+        if not scored:
             return None
         if analysis.kind == "image":
-            return max(scores)
+            return max(s for _, s in scored)
         by_track: dict[int, list[float]] = {}
-        for r, s in zip(analysis.faces, scores):
-            by_track.setdefault(r.track, []).append(s)
-        return max(float(np.mean(v)) for t, v in by_track.items() if t in counted)
+        for track, s in scored:
+            by_track.setdefault(track, []).append(s)
+        means = [float(np.mean(v)) for t, v in by_track.items() if t in counted]
+        return max(means) if means else None
 
     fake_probability = aggregate(per_face_ens) if analysis.faces and keys else None
-    model_scores = {k: _round(aggregate([p[k] for p in per_face_models])) for k in keys} if analysis.faces else {}
+    model_scores = {k: _round(aggregate([p.get(k) for p in per_face_models])) for k in keys} if analysis.faces else {}
     report = {
         "input": analysis.input,
         "kind": analysis.kind,
@@ -303,13 +347,15 @@ def frame_table(analysis: Analysis, faces_out: list[dict], keys: list[str] | Non
     rows = []
     for index in analysis.frame_indices:
         faces = by_frame.get(index, [])
-        top = max(faces, key=lambda f: f["fake_probability"] or 0.0) if faces else None
+        scored = [f for f in faces if f["fake_probability"] is not None]
+        top = max(scored, key=lambda f: f["fake_probability"]) if scored else None
         row = {"frame": index, "time_s": _round(index / analysis.fps, 3) if analysis.fps else None,
                "faces": len(faces), "ensemble": top["fake_probability"] if top else None}
         for k in keys:
             row[k] = top["models"].get(k) if top else None
         if threshold is not None:
-            row["verdict"] = verdict(row["ensemble"], threshold) if row["ensemble"] is not None else "NO_FACE"
+            row["verdict"] = (verdict(row["ensemble"], threshold) if top else
+                              NOT_SCORED if faces else "NO_FACE")
         rows.append(row)
     return rows
 
@@ -330,9 +376,9 @@ def face_table(report: dict) -> list[dict]:
 def frame_statistics(rows: list[dict], threshold: float) -> dict:
     scores = np.array([r["ensemble"] for r in rows if r["ensemble"] is not None], dtype=np.float64)
     if scores.size == 0:
-        return {"frames_without_face": len(rows), "mean": None, "median": None, "std": None,
+        return {"frames_without_face": sum(r["faces"] == 0 for r in rows), "mean": None, "median": None, "std": None,
                 "min": None, "max": None, "share_fake": None}
-    return {"frames_without_face": sum(r["ensemble"] is None for r in rows),
+    return {"frames_without_face": sum(r["faces"] == 0 for r in rows),
             "mean": _round(scores.mean()), "median": _round(np.median(scores)), "std": _round(scores.std()),
             "min": _round(scores.min()), "max": _round(scores.max()),
             "share_fake": _round(float(np.mean(scores >= threshold)))}

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from media import (DEFAULT_VIDEO_FRAMES_ANALYSED, IMAGE_EXTENSIONS, MAX_VIDEO_FRAMES_ANALYSED,
+from media import (ADVISORY_FACES_PER_TRACK, DEFAULT_VIDEO_FRAMES_ANALYSED, IMAGE_EXTENSIONS, MAX_VIDEO_FRAMES_ANALYSED,
                    MIN_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, type_list)
 from registry import MODEL_KEYS
 
@@ -36,6 +36,16 @@ def parse_models(text: str | None) -> list[str] | None:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODEL_KEYS)}")
     return keys or None
+
+
+def advisory_faces_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
+    return n
 
 
 def frames_arg(text: str) -> int:
@@ -69,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(MODEL_KEYS)} (default: all installed)")
     p.add_argument("--threshold", type=threshold_arg, default=None,
                    help="P(fake) at or above which a face is FAKE (default: the ensemble's calibrated threshold)")
+    p.add_argument("--advisory-faces", type=advisory_faces_arg, default=ADVISORY_FACES_PER_TRACK, metavar="N",
+                   help=f"in a video, advisory models (not voters in the ensemble) score at most N faces per "
+                        f"person, spread over the video (default {ADVISORY_FACES_PER_TRACK}; 0: every face)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
     p.add_argument("--models-dir", default=None, help="folder of converted models (default: converted_models/)")
     batch = p.add_argument_group("batch scans")
@@ -253,7 +266,8 @@ def run_with_engine(args, appender, done) -> int:
     if missing:
         print(f"error: model(s) not installed: {', '.join(missing)}", file=sys.stderr)
         return EXIT_NO_MODELS
-    options = AnalysisOptions(frames=args.frames, models=args.models, threshold=args.threshold)
+    options = AnalysisOptions(frames=args.frames, models=args.models, threshold=args.threshold,
+                              advisory_faces=args.advisory_faces)
     try:
         if is_batch_scan(args):
             return run_batch(args, engine, options, appender, done)

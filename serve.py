@@ -83,7 +83,8 @@ MAX_RETRY_AFTER_S = 600
 LOADING_RETRY_AFTER_S = 5
 
 FILE_FIELD = "file"
-OPTION_FIELDS = {"frames": predict.frames_arg, "models": predict.parse_models, "threshold": predict.threshold_arg}
+OPTION_FIELDS = {"frames": predict.frames_arg, "models": predict.parse_models, "threshold": predict.threshold_arg,
+                 "advisory_faces": predict.advisory_faces_arg}
 
 # HTTP status per error reason (outcomes.error_reason and the API's own reasons); other reasons: 422.
 STATUS_BY_REASON = {
@@ -516,8 +517,10 @@ FACE_SCHEMA = {
         "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
                 "description": "x1, y1, x2, y2 in the image's (frame's) pixels"},
         "detection_probability": {"type": "number"}, "landmarks": {"type": "array"},
-        "fake_probability": NUMBER_OR_NULL, "verdict": {"enum": ["FAKE", "REAL", "NO_FACE"]},
-        "models": {"type": "object", "additionalProperties": NUMBER_OR_NULL},
+        "fake_probability": NUMBER_OR_NULL, "verdict": {"enum": ["FAKE", "REAL", "NO_FACE", "NOT_SCORED"]},
+        "models": {"type": "object", "additionalProperties": NUMBER_OR_NULL,
+                   "description": "per-model P(fake); in a video, advisory models (not voters) score at most "
+                                  "16 faces per person, so a face may lack them"},
     },
 }
 REPORT_SCHEMA = {
