@@ -62,6 +62,23 @@ def test_cache_is_reused(loaded_models, runners):
     assert fast_runtime.EXPORT_COUNT == before
 
 
+def test_the_cache_holds_the_runtime_s_pre_optimised_graph(loaded_models, runners):
+    """What is cached is ONNX Runtime's EXTENDED optimisation of the export (fused operators), which a
+    start loads without redoing it; it is checked against torch like the raw export."""
+    import onnx
+    import onnxruntime
+
+    loaded = loaded_models["cnn_transformer"]
+    onnx_path, record_path = cache_paths(loaded)
+    record = json.loads(record_path.read_text())
+    assert record["preoptimised"] is True and record["onnxruntime"] == onnxruntime.__version__
+    raw, _ = fast_runtime._export_bytes(loaded.model, loaded.input_size)
+    cached = onnx.load(str(onnx_path))
+    assert len(cached.graph.node) < len(onnx.load_from_string(raw).graph.node)   # fused: fewer nodes
+    batch = torch.randn(2, 3, loaded.input_size, loaded.input_size)
+    np.testing.assert_allclose(runners["cnn_transformer"].logits(batch), torch_logits(loaded, batch), atol=TOL, rtol=TOL)
+
+
 def test_cache_key_and_location(loaded_models, tmp_path, monkeypatch):
     loaded = loaded_models["cnn_transformer"]
     onnx_path, record_path = cache_paths(loaded, tmp_path)
@@ -81,7 +98,7 @@ def _copy_cached(loaded, dest):
     return dst_onnx, dst_record
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "no_record", "bad_record", "other_weights"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no_record", "bad_record", "other_weights", "other_runtime"])
 def test_damaged_cache_is_rebuilt(damage, loaded_models, runners, tmp_path):
     loaded = loaded_models["efficientnet"]
     onnx_path, record_path = _copy_cached(loaded, tmp_path)
@@ -95,9 +112,9 @@ def test_damaged_cache_is_rebuilt(damage, loaded_models, runners, tmp_path):
         record_path.unlink()
     elif damage == "bad_record":
         record_path.write_text("{not json")
-    elif damage == "other_weights":
+    elif damage in ("other_weights", "other_runtime"):   # the cached graph is another runtime's optimisation
         record = json.loads(record_path.read_text())
-        record["weights_sha256"] = "0" * 64
+        record["weights_sha256" if damage == "other_weights" else "onnxruntime"] = "0" * 64
         record_path.write_text(json.dumps(record))
     runner = OnnxRunner(loaded, directory=tmp_path)
     assert runner.exported and runner.cache_problem
