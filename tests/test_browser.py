@@ -95,13 +95,18 @@ def page(server):
             browser.close()
 
 
-def wait_until_idle(page) -> None:
-    """Until the script run has finished (the page ends with the downloads; no 'running' widget)."""
-    page.get_by_text("Download the results").first.wait_for(timeout=ANALYSIS_MS)
+def wait_until_run_done(page) -> None:
+    """Until Streamlit's script run has finished (no 'running' status widget)."""
     page.wait_for_function("""() => {
         const w = document.querySelector('[data-testid="stStatusWidget"]');
         return !w || !/running|stop/i.test(w.innerText);
     }""", timeout=ANALYSIS_MS)
+
+
+def wait_until_idle(page) -> None:
+    """Until the script run has finished (the page ends with the downloads; no 'running' widget)."""
+    page.get_by_text("Download the results").first.wait_for(timeout=ANALYSIS_MS)
+    wait_until_run_done(page)
 
 
 def full_screenshot(page, name: str) -> Path:
@@ -173,6 +178,10 @@ def run_photo_then_video(page, astronaut_jpg, tmp_path, astronaut):
     clip = make_drifting_video(tmp_path / "clip.mp4", astronaut)
     page.locator('[data-testid="stRadio"] label').filter(has_text="Video").first.click()
     page.get_by_text("Frames to analyse").first.wait_for()
+    # Until the run that switched modes has finished, the photo's uploader can still be on the page
+    # (Streamlit removes stale elements at the end of a run): a file given to it would be lost.
+    wait_until_run_done(page)
+    expect(page.locator('input[type="file"]')).to_have_count(1)
     page.locator('input[type="file"]').first.set_input_files(str(clip))
     page.get_by_text("Person 1", exact=True).first.wait_for(timeout=ANALYSIS_MS)
     wait_until_idle(page)
