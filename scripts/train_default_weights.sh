@@ -38,6 +38,18 @@ train efficientnet --pretrained --epochs 13 --epoch-samples 8192
 # Swin at lr 5e-4 stayed at chance (val AUC 0.50 after two 4096-sample epochs); 1e-4 is used instead.
 train swin "${SCRATCH[@]}" --lr 1e-4 --time-budget 10
 train xception "${SCRATCH[@]}" --time-budget  8
+# Session 4: Xception continued from its session-1 weights, distilled from the three shipped voters
+# (teacher: the mean raw logit of efficientnet, cross_attention and cnn_transformer on the train split).
+# Two 4,096-sample epochs (the teacher arm of the A/B in docs/training.md), then 8,192-sample epochs in
+# the same run folder until the time budget (counted across the resume) was spent.
+if [[ ! -f "$OUT/teacher3_train.npz" ]]; then
+  "$PY" distill_targets.py --data-dir "$DATA" --checkpoints "$OUT/cnn_transformer/best.pt" \
+      "$OUT/cross_attention/best.pt" "$OUT/efficientnet/best.pt" --out "$OUT/teacher3_train.npz"
+fi
+XCEPTION4=(--init-weights "${SESSION1}/xception.safetensors" --lr 1e-3 --warmup-steps 100 --output-dir "$OUT/xab_teacher"
+           --teacher "$OUT/teacher3_train.npz" --distill-weight 0.5)
+train xception "${XCEPTION4[@]}" --epochs 2 --epoch-samples 4096
+train xception "${XCEPTION4[@]}" --epochs 40 --epoch-samples 8192 --time-budget 108
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
