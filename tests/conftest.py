@@ -26,6 +26,17 @@ from registry import MODEL_KEYS  # noqa: E402
 
 SMALL_SIZE = 64
 
+# `make test-fast` runs two xdist workers that take whole files in collection order; the longest files
+# (measured with --durations=0: 34, 18, 17, 12 and 10 s of 143 s) go first, so that no worker is left
+# running a long file alone at the end (longest-processing-time-first scheduling). The order within a
+# file, and of every other file, is unchanged.
+LONGEST_FILES_FIRST = ("test_fast_runtime.py", "test_api.py", "test_hostile_inputs.py", "test_cli.py", "test_app.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable sort
+
 
 def write_random_models(out_dir: Path, keys=MODEL_KEYS, size: int = SMALL_SIZE, seed: int = 0,
                         ensemble: bool = True) -> Path:
