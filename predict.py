@@ -38,25 +38,25 @@ def parse_models(text: str | None) -> list[str] | None:
     return keys or None
 
 
-def advisory_faces_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except (TypeError, ValueError):
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
-    return n
-
-
-def frames_arg(text: str) -> int:
+def whole_number(text: str, low: int, high: int | None, words: str) -> int:
+    """`text` as a whole number in [low, high] (no upper bound when high is None), else the
+    argparse error that the CLI and the API both show (`words` says what is allowed)."""
     try:
         n = int(text)
     except (TypeError, ValueError):
         n = None
-    if n is None or not MIN_VIDEO_FRAMES_ANALYSED <= n <= MAX_VIDEO_FRAMES_ANALYSED:
-        raise argparse.ArgumentTypeError(f"must be a whole number between {MIN_VIDEO_FRAMES_ANALYSED} and "
-                                         f"{MAX_VIDEO_FRAMES_ANALYSED}, got {text!r}")
+    if n is None or n < low or (high is not None and n > high):
+        raise argparse.ArgumentTypeError(f"must be a whole number {words}, got {text!r}")
     return n
+
+
+def advisory_faces_arg(text: str) -> int:
+    return whole_number(text, 0, None, "0 or more")
+
+
+def frames_arg(text: str) -> int:
+    return whole_number(text, MIN_VIDEO_FRAMES_ANALYSED, MAX_VIDEO_FRAMES_ANALYSED,
+                        f"between {MIN_VIDEO_FRAMES_ANALYSED} and {MAX_VIDEO_FRAMES_ANALYSED}")
 
 
 def threshold_arg(text: str) -> float:

@@ -261,7 +261,7 @@ def test_bad_parameters_are_400_with_the_cli_wording(client, astronaut_jpg):
              ({"threshold": "1.5"}, "threshold: must be a number between 0 and 1"),
              ({"threshold": "nan"}, "threshold: must be a number between 0 and 1"),
              ({"models": "bogus"}, "models: unknown model(s) bogus"),
-             ({"advisory_faces": "-1"}, "advisory_faces: must be a whole number, 0 or more"),
+             ({"advisory_faces": "-1"}, "advisory_faces: must be a whole number 0 or more"),
              ({"frame": "3"}, "unknown field(s) frame")]
     for fields, words in cases:
         body = assert_error(post_file(client, astronaut_jpg, **fields), 400, "bad_parameter")
