@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from media import DEFAULT_VIDEO_FRAMES_ANALYSED, MediaError
-from pipeline import ADVISORY_FACES_PER_TRACK, analyze_path, build_report
+from media import ADVISORY_FACES_PER_TRACK, DEFAULT_VIDEO_FRAMES_ANALYSED, MediaError
+from pipeline import analyze_path, build_report
 from scoring import ScoringEngine
 
 # MediaError carries only a sentence for people (media.py, video_processor.py, pipeline.py word them;

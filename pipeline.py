@@ -96,10 +96,10 @@ def advisory_sample(tracks: list[int], per_track: int) -> list[int]:
 
 
 def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, progress: ProgressFn,
-                   advisory_per_track: int | None = None) -> tuple[list[str], dict[str, int]]:
-    """Score `records` with the chosen models; returns (keys, {advisory key: faces it scored}) where
-    advisory members scored only a sample (`advisory_sample`): only when some chosen member votes, so
-    the ensemble of every face stays complete."""
+                   advisory_per_track: int | None = None) -> tuple[list[str], list[str]]:
+    """Score `records` with the chosen models; returns (keys, the advisory keys that scored only a
+    sample, `advisory_sample`): only when some chosen member votes, so every face's ensemble stays
+    complete."""
     keys = [k for k in engine.loaded_keys if not models or k in models]  # registry order
     advisory = set(engine.advisory_keys) & set(keys)
     subset = None
@@ -115,8 +115,7 @@ def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, pro
             for r, z in zip(chosen, logits):
                 r.logits[key] = float(z)
     progress("scoring faces", len(keys), len(keys))
-    sampled = {k: len(subset) for k in keys if k in advisory} if subset is not None else {}
-    return keys, sampled
+    return keys, [k for k in keys if k in advisory] if subset is not None else []
 
 
 def analyze_image(source, engine: ScoringEngine, name: str | None = None, models=None,
@@ -196,9 +195,10 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
     release_free_memory()   # what decoding and MTCNN freed: RSS does not creep up video after video
     notes = []
     if sampled:
-        notes.append(f"advisory detectors ({', '.join(sampled)}) scored {next(iter(sampled.values()))} of the "
-                     f"{len(records)} faces: at most {advisory_faces_per_track} per person, spread over the "
-                     f"video; they do not vote in the ensemble")
+        scored = sum(sampled[0] in r.logits for r in records)
+        notes.append(f"advisory detectors ({', '.join(sampled)}) scored {scored} of the {len(records)} faces: "
+                     f"at most {advisory_faces_per_track} per person, spread over the video; they do not "
+                     f"vote in the ensemble")
     if failed:
         notes.append(f"{len(failed)} of {len(indices)} sampled frames could not be decoded "
                      f"(the header may overstate the frame count)")
@@ -375,10 +375,11 @@ def face_table(report: dict) -> list[dict]:
 
 def frame_statistics(rows: list[dict], threshold: float) -> dict:
     scores = np.array([r["ensemble"] for r in rows if r["ensemble"] is not None], dtype=np.float64)
+    without_face = sum(r["faces"] == 0 for r in rows)
     if scores.size == 0:
-        return {"frames_without_face": sum(r["faces"] == 0 for r in rows), "mean": None, "median": None, "std": None,
+        return {"frames_without_face": without_face, "mean": None, "median": None, "std": None,
                 "min": None, "max": None, "share_fake": None}
-    return {"frames_without_face": sum(r["faces"] == 0 for r in rows),
+    return {"frames_without_face": without_face,
             "mean": _round(scores.mean()), "median": _round(np.median(scores)), "std": _round(scores.std()),
             "min": _round(scores.min()), "max": _round(scores.max()),
             "share_fake": _round(float(np.mean(scores >= threshold)))}

@@ -57,11 +57,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 import predict
-from media import (DEFAULT_VIDEO_FRAMES_ANALYSED, IMAGE_EXTENSIONS, MAX_UPLOAD_BYTES, MAX_VIDEO_FRAMES_ANALYSED,
+from media import (ADVISORY_FACES_PER_TRACK, DEFAULT_VIDEO_FRAMES_ANALYSED, IMAGE_EXTENSIONS, MAX_UPLOAD_BYTES, MAX_VIDEO_FRAMES_ANALYSED,
                    MIN_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, MediaError, kind_of, type_list)
 from model_store import DEFAULT_MODELS_DIR
 from outcomes import (AnalysisOptions, analyze_to_report, error_reason, failure_message, models_not_installed,
                       to_json)
+from pipeline import NOT_SCORED
 from scoring import NoModelsError, ScoringEngine
 
 log = logging.getLogger("serve")
@@ -517,10 +518,11 @@ FACE_SCHEMA = {
         "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
                 "description": "x1, y1, x2, y2 in the image's (frame's) pixels"},
         "detection_probability": {"type": "number"}, "landmarks": {"type": "array"},
-        "fake_probability": NUMBER_OR_NULL, "verdict": {"enum": ["FAKE", "REAL", "NO_FACE", "NOT_SCORED"]},
+        "fake_probability": NUMBER_OR_NULL, "verdict": {"enum": ["FAKE", "REAL", "NO_FACE", NOT_SCORED]},
         "models": {"type": "object", "additionalProperties": NUMBER_OR_NULL,
-                   "description": "per-model P(fake); in a video, advisory models (not voters) score at most "
-                                  "16 faces per person, so a face may lack them"},
+                   "description": f"per-model P(fake); in a video, advisory models (not voters) score at most "
+                                  f"`advisory_faces` faces per person (default {ADVISORY_FACES_PER_TRACK}), so a "
+                                  f"face may lack them"},
     },
 }
 REPORT_SCHEMA = {

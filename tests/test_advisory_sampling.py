@@ -1,4 +1,4 @@
-"""Advisory members score a sample of each person's faces in a video (pipeline.ADVISORY_FACES_PER_TRACK).
+"""Advisory members score a sample of each person's faces in a video (ADVISORY_FACES_PER_TRACK).
 
 They cannot change a verdict (weight 0 in the ensemble), so the ensemble of every face, every person
 and the file must be exactly what scoring every face gives; only their own per-face values thin out.
@@ -12,6 +12,8 @@ import pytest
 import pipeline
 from conftest import TWO_MODEL_KEYS, make_drifting_video, write_random_models
 from faces import Face
+from media import ADVISORY_FACES_PER_TRACK
+from outcomes import AnalysisOptions, analyze_to_report
 from pipeline import NOT_SCORED, Analysis, FaceRecord, advisory_sample, build_report
 from scoring import ScoringEngine
 
@@ -103,6 +105,11 @@ def test_a_video_scores_advisory_members_on_a_sample_and_the_verdict_is_unchange
     for x, y in zip(sampled.faces, every.faces):
         if ADVISORY in x.logits:
             assert x.logits[ADVISORY] == pytest.approx(y.logits[ADVISORY], abs=1e-5)
+    # The option reaches the analysis from the CLI's and the API's options (outcomes.AnalysisOptions).
+    report = analyze_to_report(str(clip), engine, AnalysisOptions(frames=8, advisory_faces=3))
+    assert sum(ADVISORY in f["models"] for f in report["faces"]) == 3 and report["notes"] == sampled.notes
+    report = analyze_to_report(str(clip), engine, AnalysisOptions(frames=8, advisory_faces=0))
+    assert all(ADVISORY in f["models"] for f in report["faces"]) and not report["notes"]
     # Advisory members alone are never sampled: they decide then.
     alone = pipeline.analyze_video(str(clip), engine, num_frames=8, models=[ADVISORY], advisory_faces_per_track=3)
     assert all(ADVISORY in r.logits for r in alone.faces)
@@ -111,12 +118,10 @@ def test_a_video_scores_advisory_members_on_a_sample_and_the_verdict_is_unchange
 def test_the_cli_and_the_api_take_the_sample_size():
     import predict
     import serve
-    from outcomes import AnalysisOptions
 
     parser = predict.build_parser()
-    assert parser.parse_args(["v.mp4"]).advisory_faces == pipeline.ADVISORY_FACES_PER_TRACK
+    assert parser.parse_args(["v.mp4"]).advisory_faces == ADVISORY_FACES_PER_TRACK
     assert parser.parse_args(["v.mp4", "--advisory-faces", "0"]).advisory_faces == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["v.mp4", "--advisory-faces", "-3"])
     assert serve.parse_option("advisory_faces", "5") == 5
-    assert AnalysisOptions().advisory_faces == pipeline.ADVISORY_FACES_PER_TRACK
