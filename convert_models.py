@@ -61,6 +61,12 @@ def _split_paths(data_dir: str, split: str):
     return rows["path"].tolist(), rows["label"].to_numpy()
 
 
+def _eval_sets(data_dir: str, cross_data: str | None) -> list[tuple[str, str, str]]:
+    """(name, dataset, split) of every set a model is scored on: val calibrates, the others report."""
+    return [("val", data_dir, "val"), ("test", data_dir, "test")] + \
+        ([("cross_dataset", cross_data, "test")] if cross_data else [])
+
+
 def _calibration_engine(models_dir: Path, key: str) -> ScoringEngine:
     """The engine that scores `key` as the app does (its test-time flip follows the installed
     ensemble.json: voting members are flipped, advisory ones not; see ScoringEngine)."""
@@ -112,8 +118,7 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     ensure_check_logits(manifest_path)      # models converted before manifests had them
     engine = _calibration_engine(out_dir, key)
     old_temperature = engine.models[key].temperature
-    sets = [("val", data_dir, "val"), ("test", data_dir, "test")] + \
-        ([("cross_dataset", cross_data, "test")] if cross_data else [])
+    sets = _eval_sets(data_dir, cross_data)
     raw = {}                                 # logits before any temperature, and their labels
     for name, ddir, split in sets:
         paths, labels = _split_paths(ddir, split)
@@ -153,8 +158,7 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
                 return {k: d[k] for k in d.files}
     out = {}
     engine = _calibration_engine(out_dir, key)
-    sets = [("val", data_dir, "val"), ("test", data_dir, "test")] + \
-        ([("cross_dataset", cross_data, "test")] if cross_data else [])
+    sets = _eval_sets(data_dir, cross_data)
     for name, ddir, split in sets:
         paths, labels = _split_paths(ddir, split)
         z, kept = _calibrated_logits(engine, key, paths)
