@@ -120,8 +120,8 @@ def _record_for(loaded: LoadedModel) -> dict:
 def _preoptimised(data: bytes) -> bytes | None:
     """The exported graph after ONNX Runtime's hardware-independent optimisations (level EXTENDED:
     constant folding, fusions), so that a start loading it from the cache skips them: the five
-    models' sessions took 0.58 s of CPU to create from the raw export and 0.36 s from this
-    (docs/performance.md). The layout optimisations of level ALL, which depend on the CPU, still run
+    models' sessions took 0.57 s of CPU to create from the raw export and 0.33 s from this
+    (scripts/experiments/ort_session_costs.py, docs/performance.md). The layout optimisations of level ALL, which depend on the CPU, still run
     when the session is created. None if the runtime cannot write it (the raw export is cached then)."""
     import onnxruntime as ort
 
