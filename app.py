@@ -41,7 +41,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 import feature_visualization as fv
 import pipeline
-from faces import get_face_detector
 from media import IMAGE_EXTENSIONS, MAX_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, MediaError, type_list
 from model_store import DEFAULT_MODELS_DIR
 from registry import MODEL_KEYS, get_spec
@@ -104,11 +103,9 @@ def models_dir() -> str:
 
 @st.cache_resource(show_spinner="Loading the detectors (once per server)…")
 def get_engine(directory: str) -> ScoringEngine:
-    engine = ScoringEngine(directory)
     # The face finder too, while the page loads: its first use would otherwise add MTCNN's build and
     # its imports (torchvision) to the first upload's wait.
-    get_face_detector()
-    return engine
+    return pipeline.load_engine(directory)
 
 
 def sidebar(engine: ScoringEngine) -> tuple[list[str], float]:

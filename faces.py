@@ -67,6 +67,19 @@ def crop_face(image: np.ndarray, box, out_size: int = CANONICAL_CROP_SIZE) -> np
     return cv2.resize(square, (out_size, out_size), interpolation=interp)
 
 
+def mtcnn_input(images: list[np.ndarray]) -> torch.Tensor:
+    """Same-sized RGB images as the NHWC batch MTCNN takes, laid out so that MTCNN's own NHWC -> NCHW
+    permute yields contiguous memory.
+
+    MTCNN spends about a third of its time in area resampling (its image pyramid and the candidate
+    crops); on the strided tensor a plain NHWC batch becomes after that permute, the resampling runs
+    ~30 % slower than on contiguous memory. Same numbers either way, so the boxes are identical
+    (tests/test_faces.py); 100 frames at 640 px: 5.8 -> 5.25 s CPU (docs/performance.md).
+    """
+    nchw = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+    return torch.from_numpy(nchw).permute(0, 2, 3, 1)
+
+
 class FaceDetector:
     """Batched MTCNN; frames are downscaled to at most DETECTION_MAX_SIDE for speed, boxes mapped back.
 
@@ -113,7 +126,7 @@ class FaceDetector:
         for shape, members in groups.items():
             if min(shape[:2]) < 12:  # below MTCNN's smallest pyramid level: nothing to find
                 continue
-            batch = np.stack([scaled[i] for i in members])
+            batch = mtcnn_input([scaled[i] for i in members])
             with self._lock, torch.inference_mode():
                 boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
             for j, i in enumerate(members):

@@ -1,5 +1,6 @@
 """Plain analysis functions shared by the CLI, the app, the benchmark and the tests.
 
+    load_engine(models_dir)       -> the ScoringEngine, with the face finder built beside it
     analyze_image / analyze_video -> Analysis (faces, crops, per-model calibrated logits)
     build_report(analysis, engine, threshold, models) -> the JSON-ready verdict (predict.py --json schema)
     face_table(report)                                -> one row per face (the app's CSV download)
@@ -15,8 +16,10 @@ decides a video nor adds a person (`persons[].counted` and `.why` say so; `peopl
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -36,6 +39,32 @@ MIN_TRACK_SHARE = 0.2
 # The verdict of a face (or frame) none of the chosen models scored: only when the chosen models are
 # all advisory and the analysis scored them on a sample (the app switches models after the analysis).
 NOT_SCORED = "NOT_SCORED"
+
+log = logging.getLogger(__name__)
+
+
+def load_engine(models_dir, **engine_options) -> ScoringEngine:
+    """The scoring engine, with the process-wide face finder built at the same time.
+
+    Building MTCNN imports torchvision and facenet-pytorch (~1.4 s of Python, mostly torch._dynamo
+    that torchvision.ops pulls in); ONNX Runtime creates its sessions largely outside the GIL, so the
+    two overlap on a thread: 4.15 -> 3.60 s from a fresh interpreter to both ready (docs/performance.md).
+    The CLI, the app and the API all start this way. A face finder that fails to build is not an
+    error here: the first analysis builds it again and reports the failure where it matters.
+    """
+    def build_face_finder() -> None:
+        try:
+            get_face_detector()
+        except Exception:  # noqa: BLE001 - retried (and raised) by the first analysis
+            log.debug("face finder warm-up failed", exc_info=True)
+
+    warm_up = threading.Thread(target=build_face_finder, name="face-finder-warm-up", daemon=True)
+    warm_up.start()
+    try:
+        return ScoringEngine(models_dir, **engine_options)
+    finally:
+        warm_up.join()
+
 
 # progress(stage, done, total): what the analysis is doing, for a progress bar (the app's, the API's).
 ProgressFn = Callable[[str, int, int], None]

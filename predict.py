@@ -256,9 +256,10 @@ def main(argv=None) -> int:
 def run_with_engine(args, appender, done) -> int:
     from model_store import DEFAULT_MODELS_DIR
     from outcomes import AnalysisOptions, models_not_installed
-    from scoring import NoModelsError, ScoringEngine, no_models_message
+    from pipeline import load_engine
+    from scoring import NoModelsError, no_models_message
 
-    engine = ScoringEngine(args.models_dir or DEFAULT_MODELS_DIR)
+    engine = load_engine(args.models_dir or DEFAULT_MODELS_DIR)
     if not engine.models:
         print(f"error: {no_models_message(engine.models_dir)}", file=sys.stderr)
         return EXIT_NO_MODELS

@@ -62,6 +62,7 @@ from media import (ADVISORY_FACES_PER_TRACK, DEFAULT_VIDEO_FRAMES_ANALYSED, IMAG
 from model_store import DEFAULT_MODELS_DIR
 from outcomes import (AnalysisOptions, analyze_to_report, error_reason, failure_message, models_not_installed,
                       to_json)
+import pipeline
 from pipeline import NOT_SCORED
 from scoring import NoModelsError, ScoringEngine
 
@@ -290,9 +291,9 @@ class EngineState:
 
 def load_engine(state: EngineState, models_dir: str) -> None:
     try:
-        engine = ScoringEngine(models_dir)
-        from faces import get_face_detector
-        get_face_detector()       # before "ready": the first request should not pay MTCNN's start
+        # The face finder is built beside the models, before "ready": the first request should not
+        # pay MTCNN's start.
+        engine = pipeline.load_engine(models_dir)
     except Exception:  # noqa: BLE001 - reported by /health; details in the log
         log.exception("the models could not be loaded from %s", models_dir)
         state.status = "failed"

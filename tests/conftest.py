@@ -133,10 +133,11 @@ def corpus(tmp_path_factory, astronaut) -> dict[str, Path]:
 
 @contextlib.contextmanager
 def every_cli_run_uses(engine):
-    """predict.main() builds its own ScoringEngine; in-process CLI runs get `engine` (loaded once) instead."""
-    import scoring
+    """predict.main() loads its own engine (pipeline.load_engine); in-process CLI runs get `engine`
+    (loaded once) instead."""
+    import pipeline
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scoring, "ScoringEngine", lambda *args, **kwargs: engine)
+        mp.setattr(pipeline, "load_engine", lambda *args, **kwargs: engine)
         yield engine
 
 

@@ -51,3 +51,21 @@ def test_crop_face_pads_at_the_border_and_resizes():
     assert crop.shape == (64, 64, 3)
     assert crop[0, 0].tolist() == [0, 0, 0]          # outside the image: black padding
     assert crop[-1, -1].tolist() == [200, 200, 200]  # inside the image
+
+
+def test_the_contiguous_layout_gives_mtcnn_s_own_boxes(astronaut):
+    """faces.mtcnn_input only changes the memory layout: MTCNN called the plain way (a numpy NHWC
+    batch) must find exactly the same boxes, probabilities and landmarks."""
+    import torch
+
+    from faces import mtcnn_input
+
+    mtcnn = get_face_detector()._mtcnn
+    flipped = np.ascontiguousarray(astronaut[:, ::-1])
+    with torch.inference_mode():
+        plain = mtcnn.detect(np.stack([astronaut, flipped]), landmarks=True)
+        fast = mtcnn.detect(mtcnn_input([astronaut, flipped]), landmarks=True)
+    assert mtcnn_input([astronaut]).shape == (1, *astronaut.shape)
+    for ours, theirs in zip(fast, plain):       # boxes, probabilities, landmarks
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
