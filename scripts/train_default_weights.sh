@@ -50,6 +50,9 @@ XCEPTION4=(--init-weights "${SESSION1}/xception.safetensors" --lr 1e-3 --warmup-
            --teacher "$OUT/teacher3_train.npz" --distill-weight 0.5)
 train xception "${XCEPTION4[@]}" --epochs 2 --epoch-samples 4096
 train xception "${XCEPTION4[@]}" --epochs 40 --epoch-samples 8192 --time-budget 108
+# Session 5: cross_attention resumed from that session-3 run (its last.pt: epoch 10, 38.8 min) with the
+# same command and a larger budget (counted across the resume); the shipped checkpoint is epoch 21.
+train cross_attention "${CONTINUE[@]}" --init-weights "$SESSION1/cross_attention.safetensors" --time-budget 98
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
