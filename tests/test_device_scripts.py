@@ -50,6 +50,13 @@ def test_the_pack_holds_whole_groups_within_its_budget(tmp_path):
     for path in records["path"]:                                      # the same bytes, not re-encoded
         original = data / Path(path).relative_to((tmp_path / "pack").resolve())
         assert Path(path).read_bytes() == original.read_bytes()
+    pack(str(data), str(tmp_path / "pack"), budget_mib=budget, seed=2)    # an earlier pack is replaced
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):                             # anything else is left alone
+        pack(str(data), str(other), budget_mib=budget)
+    assert (other / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.slow

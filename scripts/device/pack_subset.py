@@ -58,6 +58,10 @@ def pack(data_dir: str, out: str, budget_mib: float = DEFAULT_BUDGET_MIB, val_sh
         os.path.getsize(p) for part in parts["val"] for p in part["path"]), seed)
     out_dir = Path(out)
     if out_dir.exists():
+        # Only an earlier pack is replaced: any other folder given by mistake is left as it is.
+        if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "metadata.csv").is_file()):
+            raise FileExistsError(f"{out_dir} exists and is not an earlier pack (no metadata.csv): "
+                                  f"choose another --out")
         shutil.rmtree(out_dir)
     rows, total = [], 0
     for split, groups in parts.items():
@@ -88,7 +92,11 @@ def main(argv=None) -> int:
     p.add_argument("--val-share", type=float, default=DEFAULT_VAL_SHARE)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    info = pack(a.data_dir, a.out, a.budget_mib, a.val_share, a.seed)
+    try:
+        info = pack(a.data_dir, a.out, a.budget_mib, a.val_share, a.seed)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"packed {info['train']} train and {info['val']} val crops ({info['bytes'] / 2**20:.1f} MiB, "
           f"{info['fake_share']:.0%} fake) into {info['out']}/")
     return 0
