@@ -576,7 +576,12 @@ def video_summary(report: dict, analysis: pipeline.Analysis, name: str) -> None:
               help="Faces are followed from frame to frame; each track is one person. Tracks seen only "
                    "briefly (likely false detections) are listed below but not counted."
                    + (f" {len(persons) - people} brief track(s) not counted." if len(persons) > people else ""))
-    m4.metric("Frames with a face", f"{report['frames_with_faces']} of {report['frames_analyzed']}", border=True)
+    searched = report.get("frames_searched_in_full")
+    m4.metric("Frames with a face", f"{report['frames_with_faces']} of {report['frames_analyzed']}", border=True,
+              help=None if searched is None else
+              f"{searched} of the analysed frames were searched for faces in full; in the others the faces "
+              f"of the frame just before were followed (found again where they moved), which is faster. "
+              f"A face entering the picture is found at the next full search.")
     for note in report.get("notes", []):
         st.caption(md_escape(note))
 

@@ -200,7 +200,8 @@ def ours_video(path: Path, engine, frames: int) -> dict:
     from pipeline import analyze_video, build_report
 
     analysis = analyze_video(str(path), engine, num_frames=frames)
-    return {**outcome(build_report(analysis, engine)), "stages_s": analysis.timings}
+    return {**outcome(build_report(analysis, engine)), "stages_s": analysis.timings,
+            "frames_searched_in_full": analysis.full_face_searches}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -536,9 +537,9 @@ def run_child(kind: str, args, models_dir: Path, extra_env: dict | None = None, 
 
 # ---------------------------------------------------------------------------------------------------
 def detection_sweep(video: Path, frames: int, sides=(1280, 640, 480)) -> dict:
-    """MTCNN cost per frame and faces found at several detection sizes (batched, like the pipeline)."""
+    """MTCNN's full search: cost per frame and faces found at several detection sizes (one frame a call,
+    as the pipeline searches; following faces between frames is not used here)."""
     from faces import get_face_detector
-    from pipeline import DETECTION_CHUNK
     from video_processor import probe_video, read_frames, sample_frame_indices
 
     info = probe_video(str(video))
@@ -549,9 +550,8 @@ def detection_sweep(video: Path, frames: int, sides=(1280, 640, 480)) -> dict:
     for side in sides:
         found: list = []
         with Measure() as m:
-            for start in range(0, len(items), DETECTION_CHUNK):
-                chunk = items[start:start + DETECTION_CHUNK]
-                found.extend(detector.detect([f for _, f in chunk], frame_indices=[i for i, _ in chunk], max_side=side))
+            for index, frame in items:
+                found.extend(detector.detect([frame], frame_indices=[index], max_side=side))
         counts = [len(f) for f in found]
         row = {"wall_ms_per_frame": _r(1000 * m.wall / len(items), 1), "cpu_ms_per_frame": _r(1000 * m.cpu / len(items), 1),
                "faces": sum(counts)}

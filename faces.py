@@ -21,6 +21,8 @@ MIN_FACE_SIZE_PX = 20
 MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)        # P-Net, R-Net, O-Net stage thresholds
 MAX_FACES_PER_IMAGE = 32                  # more faces than this: the largest 32 are scored
 DETECTION_MAX_SIDE = 1024                 # images are downscaled to this for face finding
+# Following faces between analysed video frames (FaceDetector.follow; when: media.FOLLOW_MAX_GAP_S):
+FOLLOW_CANDIDATE_SCALES = (1.0, 1.3)   # candidate squares around each face of the previous frame
 # ---- Crop geometry (recorded in every converted model's manifest, see model_store.DEFAULT_CROP) -------
 CROP_Y_SHIFT = 0.049
 CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
@@ -134,6 +136,37 @@ class FaceDetector:
                                               images[i].shape)
         return results
 
+    def follow(self, image: np.ndarray, previous: list[Face], frame_index: int = 0,
+               max_side: int | None = None) -> list[Face] | None:
+        """The faces of `previous` (found in the analysed frame before) in `image`, or None if any of
+        them is not confirmed there: then the caller searches `image` in full with `detect`.
+
+        MTCNN spends ~85 % of its time on its first stage: resampling the whole frame into an image
+        pyramid and sliding P-Net over it (docs/performance.md). Between nearby frames a face moves by
+        a fraction of its size, so its previous box, squared and enlarged, is a candidate as good as
+        P-Net's: MTCNN's own second and third stages (R-Net, O-Net, their box regression and NMS,
+        the same thresholds) judge and refine it. New faces are not looked for here; the caller
+        searches in full at least every media.FULL_SEARCH_EVERY frames and whenever a face is lost."""
+        if not previous:
+            return None
+        max_side = max_side or self.max_side
+        scale = min(1.0, max_side / max(image.shape[:2]))
+        small = image if scale == 1.0 else cv2.resize(
+            image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+            interpolation=cv2.INTER_AREA)
+        candidates = []
+        for face in previous:
+            x1, y1, x2, y2 = (v * scale for v in face.box)
+            cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
+            candidates += [(cx - f * side / 2, cy - f * side / 2, cx + f * side / 2, cy + f * side / 2)
+                           for f in FOLLOW_CANDIDATE_SCALES]
+        img = mtcnn_input([np.ascontiguousarray(small)]).permute(0, 3, 1, 2).float()
+        with self._lock, torch.inference_mode():
+            boxes, probs, points = _refine_candidates(self._mtcnn, img, torch.tensor(candidates),
+                                                      MTCNN_THRESHOLDS[1:])
+        faces = self._faces_from(boxes, probs, points, scale, frame_index, image.shape)
+        return faces if len(faces) >= len(previous) else None
+
     def _faces_from(self, boxes, probs, points, scale, frame, shape) -> list[Face]:
         if boxes is None:
             return []
@@ -154,6 +187,55 @@ class FaceDetector:
                               landmarks=[(float(x), float(y)) for x, y in pts], frame=frame))
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces[: self.max_faces]
+
+
+def _refine_candidates(mtcnn, img: torch.Tensor, candidates: torch.Tensor, thresholds):
+    """MTCNN's second and third stages (facenet-pytorch's detect_face after its P-Net stage, with its
+    own helpers) on candidate boxes (N, 4) in `img` (1, 3, H, W float, 0-255): boxes (M, 4), their
+    O-Net probabilities (M,) and landmarks (M, 5, 2), as numpy."""
+    from facenet_pytorch.models.utils.detect_face import bbreg, batched_nms_numpy, imresample, pad, rerec
+    from torchvision.ops import nms
+
+    h, w = img.shape[2:]
+
+    def crops(boxes, size):
+        y, ey, x, ex = pad(boxes, w, h)
+        nonempty = torch.from_numpy((ey > y - 1) & (ex > x - 1))
+        patches = [imresample(img[:, :, y[k] - 1:ey[k], x[k] - 1:ex[k]], (size, size))
+                   for k in range(len(y)) if nonempty[k]]
+        data = torch.cat(patches) if patches else img.new_zeros((0, 3, size, size))
+        return (data - 127.5) * 0.0078125, nonempty
+
+    none = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+    boxes = rerec(torch.cat([candidates.float(), torch.zeros(len(candidates), 1)], dim=1))
+    # Second stage: R-Net scores and regresses each candidate square.
+    data, nonempty = crops(boxes, 24)
+    boxes = boxes[nonempty]
+    if not len(boxes):
+        return none
+    reg, prob = mtcnn.rnet(data)
+    passed = prob[:, 1] > thresholds[0]
+    boxes = torch.cat([boxes[passed, :4], prob[passed, 1:2]], dim=1)
+    reg = reg[passed]
+    keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
+    boxes = rerec(bbreg(boxes[keep], reg[keep]))
+    if not len(boxes):
+        return none
+    # Third stage: O-Net scores, regresses and places the landmarks.
+    data, nonempty = crops(boxes, 48)
+    boxes = boxes[nonempty]
+    if not len(boxes):
+        return none
+    reg, marks, prob = mtcnn.onet(data)
+    passed = prob[:, 1] > thresholds[1]
+    boxes, reg, marks = torch.cat([boxes[passed, :4], prob[passed, 1:2]], dim=1), reg[passed], marks[passed]
+    bw, bh = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    points = torch.stack([bw[:, None] * marks[:, :5] + boxes[:, :1] - 1,
+                          bh[:, None] * marks[:, 5:] + boxes[:, 1:2] - 1], dim=2)
+    boxes = bbreg(boxes, reg)
+    keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], torch.zeros(len(boxes)), 0.7, "Min")
+    boxes, points = boxes[keep], points[keep]
+    return boxes[:, :4].numpy(), boxes[:, 4].numpy(), points.numpy()
 
 
 @once

@@ -24,6 +24,12 @@ DEFAULT_VIDEO_FRAMES_ANALYSED = 32        # the CLI's and the HTTP API's default
 # spread evenly over the track: they cannot change a verdict, yet Xception and Swin were 80 % of the
 # models' time on a 100-frame video (docs/performance.md). pipeline.advisory_sample picks the faces.
 ADVISORY_FACES_PER_TRACK = 16
+# Between analysed frames at most FOLLOW_MAX_GAP_S apart, faces are followed from the previous frame
+# (MTCNN's last two stages on its boxes, faces.FaceDetector.follow) instead of searched in full; every
+# FULL_SEARCH_EVERY-th frame, and any frame where a followed face is lost, is searched in full, so a
+# face that enters the picture is found within FULL_SEARCH_EVERY - 1 frames (docs/performance.md).
+FOLLOW_MAX_GAP_S = 0.25
+FULL_SEARCH_EVERY = 4
 # Face-finding limits (MAX_FACES_PER_IMAGE, DETECTION_MAX_SIDE) are the detector's: see faces.py.
 
 # The accepted file types, for every entry point (CLI, app, HTTP API, batch scans, evaluation).

@@ -27,14 +27,13 @@ from typing import Callable
 import numpy as np
 
 from faces import CANONICAL_CROP_SIZE, Face, crop_face, get_face_detector
-from media import (ADVISORY_FACES_PER_TRACK, MAX_VIDEO_FRAMES_ANALYSED, MIN_VIDEO_FRAMES_ANALYSED, MediaError,
-                   kind_of, load_image)
+from media import (ADVISORY_FACES_PER_TRACK, FOLLOW_MAX_GAP_S, FULL_SEARCH_EVERY, MAX_VIDEO_FRAMES_ANALYSED,
+                   MIN_VIDEO_FRAMES_ANALYSED, MediaError, kind_of, load_image)
 from process_wide import release_free_memory
 from scoring import ScoringEngine, sigmoid, verdict
 from video_processor import assign_tracks, iter_frames, probe_video, sample_frame_indices
 
 VIDEO_DETECTION_MAX_SIDE = 640   # video frames are searched for faces at this size (see README, perf)
-DETECTION_CHUNK = 4              # frames decoded and searched per batch: 4 was fastest (cache) and bounds memory
 MIN_TRACK_SHARE = 0.2
 # The verdict of a face (or frame) none of the chosen models scored: only when the chosen models are
 # all advisory and the analysis scored them on a sample (the app switches models after the analysis).
@@ -98,6 +97,7 @@ class Analysis:
     models: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    full_face_searches: int | None = None    # video: frames searched in full (the rest followed faces)
 
     @property
     def frames_with_faces(self) -> int:
@@ -170,9 +170,14 @@ def analyze_image(source, engine: ScoringEngine, name: str | None = None, models
 def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
                   progress: ProgressFn = _no_progress, name: str | None = None,
                   detection_max_side: int = VIDEO_DETECTION_MAX_SIDE,
-                  advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK) -> Analysis:
-    """Sample `num_frames` evenly, decode only those, find faces in batches, track, score in batches
-    (advisory members: `advisory_faces_per_track` faces per person at most; 0 or None: every face)."""
+                  advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK,
+                  follow_faces: bool = True) -> Analysis:
+    """Sample `num_frames` evenly, decode only those, find faces, track, score in batches
+    (advisory members: `advisory_faces_per_track` faces per person at most; 0 or None: every face).
+
+    `follow_faces`: where analysed frames are close (see `search_in_full`), a frame's faces are found
+    from the previous frame's with MTCNN's last two stages instead of its full search
+    (faces.FaceDetector.follow); False searches every frame in full."""
     engine.require_models()
     num_frames = int(min(max(num_frames, MIN_VIDEO_FRAMES_ANALYSED), MAX_VIDEO_FRAMES_ANALYSED))
     t0 = time.perf_counter()
@@ -182,34 +187,30 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
     detector = get_face_detector()
     records: list[FaceRecord] = []
     failed: list[int] = []
-    decoded = 0
     faces_per_frame: list[list[Face]] = []
-    chunk: list[tuple[int, np.ndarray]] = []
-    t_detect = 0.0
-
-    def flush():
-        nonlocal t_detect
-        if not chunk:
-            return
-        ts = time.perf_counter()
-        found = detector.detect([f for _, f in chunk], frame_indices=[i for i, _ in chunk],
-                                max_side=detection_max_side)
-        t_detect += time.perf_counter() - ts
-        for (index, frame), faces in zip(chunk, found):
-            faces_per_frame.append(faces)
-            records.extend(FaceRecord(face=f, crop=crop_face(frame, f.box)) for f in faces)
-        chunk.clear()
+    t_detect, full_searches = 0.0, 0
+    previous: tuple[int, list[Face]] | None = None      # the last analysed frame's index and faces
+    since_full = 0                                       # analysed frames since the last full search
 
     for index, frame in iter_frames(path, indices):
         if frame is None:
             failed.append(index)
             continue
-        decoded += 1
-        chunk.append((index, frame))
-        if len(chunk) >= DETECTION_CHUNK:
-            flush()
-        progress("decoding frames and finding faces", decoded + len(failed), len(indices))
-    flush()
+        ts = time.perf_counter()
+        faces = None
+        if follow_faces and not search_in_full(previous, index, info.fps, since_full):
+            faces = detector.follow(frame, previous[1], frame_index=index, max_side=detection_max_side)
+        if faces is None:   # searched in full: nothing to follow, too far apart, due, or a face lost
+            faces = detector.detect([frame], frame_indices=[index], max_side=detection_max_side)[0]
+            full_searches, since_full = full_searches + 1, 0
+        else:
+            since_full += 1
+        t_detect += time.perf_counter() - ts
+        faces_per_frame.append(faces)
+        records.extend(FaceRecord(face=f, crop=crop_face(frame, f.box)) for f in faces)
+        previous = (index, faces)
+        progress("decoding frames and finding faces", len(faces_per_frame) + len(failed), len(indices))
+    decoded = len(faces_per_frame)
     if decoded == 0:
         raise MediaError(f"{name or path}: none of the {len(indices)} sampled frames could be decoded")
     t1 = time.perf_counter()
@@ -235,19 +236,33 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
                     frame_indices=[i for i in indices if i not in set(failed)], frames_failed=failed,
                     width=info.width, height=info.height, fps=info.fps or None, frame_count=info.frame_count,
                     models=keys, notes=notes,
-                    timings={"decode_and_faces_s": t1 - t0, "faces_s": t_detect, "models_s": t2 - t1})
+                    timings={"decode_and_faces_s": t1 - t0, "faces_s": t_detect, "models_s": t2 - t1},
+                    full_face_searches=full_searches)
+
+
+def search_in_full(previous: tuple[int, list[Face]] | None, index: int, fps: float, since_full: int) -> bool:
+    """Whether frame `index` needs MTCNN's full search rather than following the previous frame's faces:
+    when the previous analysed frame had no faces (nothing to follow), lies more than
+    media.FOLLOW_MAX_GAP_S before it (or the frame rate is unknown), or FULL_SEARCH_EVERY - 1 frames
+    were followed since the last full search (so faces that enter the picture are found)."""
+    if previous is None or not previous[1] or not fps or fps <= 0:
+        return True
+    if (index - previous[0]) / fps > FOLLOW_MAX_GAP_S:
+        return True
+    return since_full >= FULL_SEARCH_EVERY - 1
 
 
 def analyze_path(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
                  progress: ProgressFn = _no_progress, name: str | None = None,
-                 advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK) -> Analysis:
+                 advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK,
+                 follow_faces: bool = True) -> Analysis:
     if not os.path.exists(path):
         raise MediaError(f"{name or path}: no such file")
     if os.path.isdir(path):
         raise MediaError(f"{name or path}: is a folder, not a file")
     if kind_of(name or path) == "video":
         return analyze_video(path, engine, num_frames, models, progress, name=name,
-                             advisory_faces_per_track=advisory_faces_per_track)
+                             advisory_faces_per_track=advisory_faces_per_track, follow_faces=follow_faces)
     return analyze_image(path, engine, name=name, models=models, progress=progress)
 
 
@@ -310,7 +325,7 @@ def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | N
         persons = person_summaries(analysis, faces_out, threshold, keys, counted)
         rows = frame_table(analysis, faces_out, keys, threshold)
         report.update(fps=_round(analysis.fps, 3), frame_count=analysis.frame_count,
-                      frames_failed=analysis.frames_failed, people=sum(p["counted"] for p in persons),
+                      frames_failed=analysis.frames_failed, frames_searched_in_full=analysis.full_face_searches, people=sum(p["counted"] for p in persons),
                       persons=persons, frame_table=rows, statistics=frame_statistics(rows, threshold))
     return report
 

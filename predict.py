@@ -20,8 +20,8 @@ import os
 import sys
 import time
 
-from media import (ADVISORY_FACES_PER_TRACK, DEFAULT_VIDEO_FRAMES_ANALYSED, IMAGE_EXTENSIONS, MAX_VIDEO_FRAMES_ANALYSED,
-                   MIN_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, type_list)
+from media import (ADVISORY_FACES_PER_TRACK, DEFAULT_VIDEO_FRAMES_ANALYSED, FULL_SEARCH_EVERY, IMAGE_EXTENSIONS,
+                   MAX_VIDEO_FRAMES_ANALYSED, MIN_VIDEO_FRAMES_ANALYSED, VIDEO_EXTENSIONS, type_list)
 from registry import MODEL_KEYS
 
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_NO_MODELS = 0, 2, 3
@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advisory-faces", type=advisory_faces_arg, default=ADVISORY_FACES_PER_TRACK, metavar="N",
                    help=f"in a video, advisory models (not voters in the ensemble) score at most N faces per "
                         f"person, spread over the video (default {ADVISORY_FACES_PER_TRACK}; 0: every face)")
+    p.add_argument("--search-every-frame", action="store_true",
+                   help="in a video, search every analysed frame for faces in full (slower); by default faces "
+                        "are followed from one close frame to the next, with a full search at least every "
+                        f"{FULL_SEARCH_EVERY} frames")
     p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
     p.add_argument("--models-dir", default=None, help="folder of converted models (default: converted_models/)")
     batch = p.add_argument_group("batch scans")
@@ -268,7 +272,7 @@ def run_with_engine(args, appender, done) -> int:
         print(f"error: model(s) not installed: {', '.join(missing)}", file=sys.stderr)
         return EXIT_NO_MODELS
     options = AnalysisOptions(frames=args.frames, models=args.models, threshold=args.threshold,
-                              advisory_faces=args.advisory_faces)
+                              advisory_faces=args.advisory_faces, follow_faces=not args.search_every_frame)
     try:
         if is_batch_scan(args):
             return run_batch(args, engine, options, appender, done)

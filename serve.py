@@ -546,6 +546,9 @@ REPORT_SCHEMA = {
         "notes": {"type": "array", "items": {"type": "string"}},
         "fps": NUMBER_OR_NULL, "frame_count": {"type": ["integer", "null"]},
         "frames_failed": {"type": "array", "items": {"type": "integer"}},
+        "frames_searched_in_full": {"type": ["integer", "null"],
+                                    "description": "analysed frames MTCNN searched in full; in the others "
+                                                   "faces were followed from the frame before"},
         "persons": {"type": "array", "items": {"type": "object"}},
         "statistics": {"type": "object"},
     },

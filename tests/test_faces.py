@@ -69,3 +69,37 @@ def test_the_contiguous_layout_gives_mtcnn_s_own_boxes(astronaut):
     for ours, theirs in zip(fast, plain):       # boxes, probabilities, landmarks
         for a, b in zip(ours, theirs):
             np.testing.assert_array_equal(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union
+
+
+def test_a_face_is_followed_to_where_it_moved(astronaut):
+    """follow(): MTCNN's R-Net and O-Net on the previous box find the face moved by 20 px, as the
+    full search does, with its landmarks and the given frame index."""
+    detector = get_face_detector()
+    before = detector.detect([astronaut])[0]
+    moved = np.ascontiguousarray(np.roll(astronaut, (12, 20), axis=(0, 1)))
+    followed = detector.follow(moved, before, frame_index=5)
+    searched = detector.detect([moved])[0]
+    assert followed is not None and len(followed) == 1 == len(searched)
+    assert _iou(followed[0].box, searched[0].box) > 0.85
+    assert _iou(followed[0].box, before[0].box) < _iou(followed[0].box, searched[0].box)
+    assert followed[0].frame == 5 and len(followed[0].landmarks) == 5 and followed[0].probability >= 0.9
+
+
+def test_a_lost_face_asks_for_a_full_search(astronaut):
+    """None (search in full) when the face is gone, when there was nothing to follow, or when one of
+    two faces is lost; boxes are in the caller's pixels at any detection size."""
+    detector = get_face_detector()
+    before = detector.detect([astronaut])[0]
+    assert detector.follow(np.full_like(astronaut, 128), before) is None
+    assert detector.follow(astronaut, []) is None
+    ghost = type(before[0])(box=(400.0, 400.0, 480.0, 480.0), probability=0.95)
+    assert detector.follow(astronaut, [before[0], ghost]) is None
+    small = detector.follow(astronaut, before, max_side=256)
+    assert small is not None and _iou(small[0].box, before[0].box) > 0.8
