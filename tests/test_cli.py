@@ -43,6 +43,18 @@ def test_video_samples_frames_and_tracks_the_face(random_models_dir, astronaut, 
     assert report["fake_probability"] == pytest.approx(report["persons"][0]["fake_probability"], abs=1e-3)
 
 
+def test_search_every_frame_turns_face_following_off(random_models_dir, astronaut, tmp_path, capsys):
+    """Frames 1/25 s apart: by default most are followed, --search-every-frame searches all 10."""
+    video = make_video(tmp_path / "clip.mp4", astronaut[::2, ::2].copy(), n=10, fps=25.0)
+    args = [str(video), "--frames", "10", "--models-dir", str(random_models_dir), "--json"]
+    assert predict.main(args) == 0
+    followed = json.loads(capsys.readouterr().out.strip())
+    assert predict.main(args + ["--search-every-frame"]) == 0
+    searched = json.loads(capsys.readouterr().out.strip())
+    assert searched["frames_searched_in_full"] == 10 > followed["frames_searched_in_full"] >= 3
+    assert followed["frames_with_faces"] == searched["frames_with_faces"] == 10
+
+
 def test_bad_inputs_give_one_error_line_and_exit_2_while_others_run(random_models_dir, astronaut_jpg, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("this is text")
