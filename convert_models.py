@@ -27,7 +27,7 @@ import ensembling
 from evaluate import score_face_crops
 from metrics import binary_metrics
 from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, ensure_check_logits, load_ensemble_manifest,
-                         model_from_checkpoint, read_manifest, save_converted_model)
+                         model_from_checkpoint, read_manifest, save_converted_model, sha256_of)
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
 from scoring import ScoringEngine, is_advisory, sigmoid
 
@@ -104,10 +104,40 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
         "sbi": config.get("sbi"), "distilled_from": config.get("teacher"), "init_weights": config.get("init_weights"),
         "command": config.get("command"), "history": history,
     }
+    earlier = lineage(config)
+    if earlier:
+        training["continued_from"] = earlier
     save_converted_model(model, key, out_dir, input_size=config["input_size"],
                          arch_args=config.get("arch_args", {}), temperature=1.0,
                          extra={"training": training})
     return calibrate_and_measure(out_dir, key, data_dir, cross_data, Path(checkpoint).parent)
+
+
+def lineage(config: dict) -> dict | None:
+    """The converted model a training run started from (`--init-weights X.safetensors`), read from
+    the manifest beside X: its SHA-256, test AUC and training section, which holds its own
+    `continued_from`. So a manifest carries every phase's command, data, time and curves, not only
+    the last run's. Read before this conversion replaces X; if the manifest there now describes other
+    weights (or is gone), only the file and its recorded SHA-256 are given."""
+    path = config.get("init_weights")
+    if not path:
+        return None
+    recorded = config.get("init_weights_sha256")
+    out = {"file": str(path), "sha256": recorded}
+    manifest_path = Path(path).with_suffix(".json")
+    if not str(path).endswith(".safetensors") or not manifest_path.exists():
+        return out
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return out
+    actual = recorded or (sha256_of(path) if Path(path).exists() else None)
+    if not isinstance(manifest, dict) or manifest.get("sha256") != actual:
+        out["note"] = "the manifest beside this file now describes other weights"
+        return out
+    test = ((manifest.get("metrics") or {}).get("test") or {}).get("auc")
+    return {"file": str(path), "sha256": manifest["sha256"], "test_auc": test,
+            "converted_at": manifest.get("converted_at"), "training": manifest.get("training")}
 
 
 def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, cache_dir: Path) -> dict:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 import data_handler
 from metrics import binary_metrics
-from model_store import atomic_write_bytes, atomic_write_json
+from model_store import atomic_write_bytes, atomic_write_json, sha256_of
 from registry import get_spec
 
 log = logging.getLogger("train")
@@ -221,6 +221,9 @@ class Trainer:
         model = self.spec.build(a.input_size, pretrained=a.pretrained, **self.arch_args)
         if a.init_weights:
             self._load_init_weights(model, a.init_weights)
+            # Recorded so that a conversion can name the converted model this run continued (its
+            # manifest's training then carries the earlier phases too, convert_models.lineage).
+            self.init_weights_sha256 = sha256_of(a.init_weights)
         model.to(self.device)
         if self.cuda:
             model = model.to(memory_format=torch.channels_last)
@@ -472,7 +475,8 @@ class Trainer:
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
                 "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
-                "teacher": a.teacher, "init_weights": a.init_weights, "seed": a.seed, "world_size": self.world,
+                "teacher": a.teacher, "init_weights": a.init_weights,
+                "init_weights_sha256": getattr(self, "init_weights_sha256", None), "seed": a.seed, "world_size": self.world,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 

@@ -57,6 +57,47 @@ def test_each_train_script_trains_converts_and_serves(key, dataset, tmp_path, as
     assert list(report["models"]) == [key] and report["verdict"] in ("REAL", "FAKE")
 
 
+def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_path):
+    """Training from a converted model (--init-weights) and converting over it: the new manifest's
+    training section names the weights it started from (SHA-256) and carries their training section."""
+    from convert_models import convert_checkpoint
+    models_dir = tmp_path / "converted"
+    first = tmp_path / "first"
+    subprocess.run(train_cmd("cnn_transformer", dataset, first, tmp_path / "cache", "--epochs", "1", "--no-mlflow"),
+                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+    before = convert_checkpoint(str(first / "cnn_transformer" / "best.pt"), str(dataset), models_dir, None)
+    assert "continued_from" not in before["training"]
+    second = tmp_path / "second"
+    init = models_dir / "cnn_transformer.safetensors"
+    subprocess.run(train_cmd("cnn_transformer", dataset, second, tmp_path / "cache", "--epochs", "1", "--no-mlflow",
+                             "--init-weights", str(init), "--lr", "1e-4"),
+                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+    after = convert_checkpoint(str(second / "cnn_transformer" / "best.pt"), str(dataset), models_dir, None)
+    earlier = after["training"]["continued_from"]
+    assert earlier["sha256"] == before["sha256"] != after["sha256"]
+    assert earlier["training"]["command"] == before["training"]["command"]
+    assert earlier["training"]["history"] == before["training"]["history"]
+    assert earlier["test_auc"] == before["metrics"]["test"]["auc"]
+
+
+def test_lineage_only_trusts_a_manifest_that_describes_the_init_weights(tmp_path):
+    from convert_models import lineage
+    from fileio import sha256_of
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"weights")
+    sha = sha256_of(weights)
+    manifest = {"sha256": sha, "training": {"command": "train_x.py"}, "metrics": {"test": {"auc": 0.9}}}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    assert lineage({}) is None
+    got = lineage({"init_weights": str(weights)})                    # sha not recorded: the file's own
+    assert got["sha256"] == sha and got["training"]["command"] == "train_x.py" and got["test_auc"] == 0.9
+    other = lineage({"init_weights": str(weights), "init_weights_sha256": "0" * 64})
+    assert other == {"file": str(weights), "sha256": "0" * 64,
+                     "note": "the manifest beside this file now describes other weights"}
+    (tmp_path / "m.json").unlink()
+    assert lineage({"init_weights": str(weights), "init_weights_sha256": sha}) == {"file": str(weights), "sha256": sha}
+
+
 def test_mlflow_records_params_metrics_and_artifacts(dataset, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = subprocess.run(train_cmd("cnn_transformer", dataset, tmp_path / "runs", tmp_path / "cache", "--epochs", "2",
