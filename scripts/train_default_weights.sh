@@ -53,6 +53,17 @@ train xception "${XCEPTION4[@]}" --epochs 40 --epoch-samples 8192 --time-budget 
 # Session 5: cross_attention resumed from that session-3 run (its last.pt: epoch 10, 38.8 min) with the
 # same command and a larger budget (counted across the resume); the shipped checkpoint is epoch 21.
 train cross_attention "${CONTINUE[@]}" --init-weights "$SESSION1/cross_attention.safetensors" --time-budget 98
+# Session 6: each voter annealed from its session-5 conversion (a fresh AdamW at a fifth to a third of
+# its last learning rates, 50 warm-up steps), shipped because its converted val AUC rose; the
+# cross_attention and cnn_transformer runs were converted from their best epoch (2 of 3).
+SESSION5=${SESSION5:-converted_models}    # folder holding the session-5 conversions (git show 9c6f4f8:converted_models/...)
+ANNEAL=(--epochs 8 --epoch-samples 8192 --warmup-steps 50)
+train efficientnet "${ANNEAL[@]}" --init-weights "$SESSION5/efficientnet.safetensors" --lr 2e-4 --trunk-lr 3e-5 \
+    --output-dir "$OUT/eff_anneal" --time-budget 50
+train cross_attention "${ANNEAL[@]}" --init-weights "$SESSION5/cross_attention.safetensors" --lr 1e-4 --trunk-lr 3e-5 \
+    --output-dir "$OUT/ca_anneal" --time-budget 32
+train cnn_transformer "${ANNEAL[@]}" --init-weights "$SESSION5/cnn_transformer.safetensors" --lr 1e-4 --trunk-lr 3e-5 \
+    --output-dir "$OUT/ct_anneal" --time-budget 20
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -60,3 +71,4 @@ echo "== all trained"
 # without the flip (advisory members are scored once) by `convert_models.py ... --recalibrate xception
 # swin efficientnet` (which also records every manifest's check logits); the custom models are
 # converted from "$OUT/continued/<key>/best.pt", efficientnet from "$OUT/efficientnet/best.pt".
+# Session 6: the three voters are converted from "$OUT"/{eff,ca,ct}_anneal/<key>/best.pt, then --ensemble.
