@@ -26,6 +26,16 @@ def started_from(training: dict) -> str | None:
     return found.group(1) if found else None
 
 
+def phases(training: dict) -> list[dict]:
+    """This run's training section and those of the converted models it continued, newest first
+    (`training.continued_from`, written by convert_models.lineage)."""
+    out = []
+    while isinstance(training, dict):
+        out.append(training)
+        training = (training.get("continued_from") or {}).get("training")
+    return out
+
+
 def fmt(v, nd=3):
     return "n/a" if v is None else f"{v:.{nd}f}"
 
@@ -45,6 +55,10 @@ def main(models_dir=ROOT / "converted_models") -> str:
                  "from ImageNet weights" if tr.get("pretrained_trunk") else "from scratch")
         how = (f"{tr.get('train_time_s', 0) / 60:.0f} min CPU, {tr.get('epochs')} x {start}"
                f"{', distilled' if tr.get('distilled_from') else ''}")
+        earlier = phases(tr)
+        if len(earlier) > 1:   # the manifest records the runs it continued: say what they add up to
+            how += (f" ({sum(p.get('train_time_s', 0) for p in earlier) / 60:.0f} min over the "
+                    f"{len(earlier)} recorded runs)")
         rows.append(f"| `{key}` | {m['title']} | {m['input_size']} | {m['num_parameters'] / 1e6:.1f} M | {how} | "
                     f"{fmt(t['auc'])} | {fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | "
                     f"{fmt(c.get('auc'))} | {fmt(c.get('ap'))} | {fmt(c.get('eer'))} |")
