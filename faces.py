@@ -69,6 +69,15 @@ def crop_face(image: np.ndarray, box, out_size: int = CANONICAL_CROP_SIZE) -> np
     return cv2.resize(square, (out_size, out_size), interpolation=interp)
 
 
+def downscaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """`image` (contiguous) with its longer side at most `max_side` (area resampling), and the scale."""
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(image), scale
+
+
 def mtcnn_input(images: list[np.ndarray]) -> torch.Tensor:
     """Same-sized RGB images as the NHWC batch MTCNN takes, laid out so that MTCNN's own NHWC -> NCHW
     permute yields contiguous memory.
@@ -118,11 +127,8 @@ class FaceDetector:
         scaled: list[np.ndarray] = []
         scales: list[float] = []
         for i, img in enumerate(images):
-            scale = min(1.0, max_side / max(img.shape[:2]))
-            small = img if scale == 1.0 else cv2.resize(
-                img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
-                interpolation=cv2.INTER_AREA)
-            scaled.append(np.ascontiguousarray(small))
+            small, scale = downscaled(img, max_side)
+            scaled.append(small)
             scales.append(scale)
             groups.setdefault(small.shape, []).append(i)
         for shape, members in groups.items():
@@ -149,18 +155,14 @@ class FaceDetector:
         searches in full at least every media.FULL_SEARCH_EVERY frames and whenever a face is lost."""
         if not previous:
             return None
-        max_side = max_side or self.max_side
-        scale = min(1.0, max_side / max(image.shape[:2]))
-        small = image if scale == 1.0 else cv2.resize(
-            image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-            interpolation=cv2.INTER_AREA)
+        small, scale = downscaled(image, max_side or self.max_side)
         candidates = []
         for face in previous:
             x1, y1, x2, y2 = (v * scale for v in face.box)
             cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
             candidates += [(cx - f * side / 2, cy - f * side / 2, cx + f * side / 2, cy + f * side / 2)
                            for f in FOLLOW_CANDIDATE_SCALES]
-        img = mtcnn_input([np.ascontiguousarray(small)]).permute(0, 3, 1, 2).float()
+        img = mtcnn_input([small]).permute(0, 3, 1, 2).float()
         with self._lock, torch.inference_mode():
             boxes, probs, points = _refine_candidates(self._mtcnn, img, torch.tensor(candidates),
                                                       MTCNN_THRESHOLDS[1:])

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from faces import CROP_Y_SHIFT, crop_face, crop_square, get_face_detector
+from video_processor import box_iou
 
 
 def test_astronaut_has_exactly_one_face(astronaut):
@@ -71,13 +72,6 @@ def test_the_contiguous_layout_gives_mtcnn_s_own_boxes(astronaut):
             np.testing.assert_array_equal(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union
-
-
 def test_a_face_is_followed_to_where_it_moved(astronaut):
     """follow(): MTCNN's R-Net and O-Net on the previous box find the face moved by 20 px, as the
     full search does, with its landmarks and the given frame index."""
@@ -87,8 +81,8 @@ def test_a_face_is_followed_to_where_it_moved(astronaut):
     followed = detector.follow(moved, before, frame_index=5)
     searched = detector.detect([moved])[0]
     assert followed is not None and len(followed) == 1 == len(searched)
-    assert _iou(followed[0].box, searched[0].box) > 0.85
-    assert _iou(followed[0].box, before[0].box) < _iou(followed[0].box, searched[0].box)
+    assert box_iou(followed[0].box, searched[0].box) > 0.85
+    assert box_iou(followed[0].box, before[0].box) < box_iou(followed[0].box, searched[0].box)
     assert followed[0].frame == 5 and len(followed[0].landmarks) == 5 and followed[0].probability >= 0.9
 
 
@@ -102,4 +96,4 @@ def test_a_lost_face_asks_for_a_full_search(astronaut):
     ghost = type(before[0])(box=(400.0, 400.0, 480.0, 480.0), probability=0.95)
     assert detector.follow(astronaut, [before[0], ghost]) is None
     small = detector.follow(astronaut, before, max_side=256)
-    assert small is not None and _iou(small[0].box, before[0].box) > 0.8
+    assert small is not None and box_iou(small[0].box, before[0].box) > 0.8

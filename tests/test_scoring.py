@@ -60,15 +60,13 @@ def test_no_models_gives_a_clear_error(tmp_path):
         engine.score_crops(_crops(1))
 
 
-def test_load_engine_builds_the_face_finder_and_freezes_what_lives_on(random_models_dir):
-    """pipeline.load_engine: the engine, the face finder built beside it, and everything alive after
-    start-up moved out of the cyclic collector's reach (gc.freeze: faster collections and exit)."""
+def test_load_engine_freezes_what_lives_on(random_models_dir):
+    """pipeline.load_engine: the engine, and everything alive after start-up moved out of the cyclic
+    collector's reach (gc.freeze: faster collections and exit)."""
     import gc
 
     import pipeline
-    from faces import get_face_detector
 
     gc.unfreeze()
     engine = pipeline.load_engine(random_models_dir)
     assert engine.loaded_keys and gc.get_freeze_count() > 10_000
-    assert get_face_detector() is get_face_detector()

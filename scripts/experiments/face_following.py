@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import benchmark  # noqa: E402
 import pipeline  # noqa: E402
+from video_processor import box_iou  # noqa: E402
 
 OUT = ROOT / "bench-output"
 
@@ -51,14 +52,6 @@ def make_fast_video(path: Path, seconds: float = 8.0, fps: int = 25, size=(1280,
     return path
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def run(video: Path, engine, frames: int, follow: bool):
     t0, c0 = time.perf_counter(), time.process_time()
     analysis = pipeline.analyze_video(str(video), engine, num_frames=frames, follow_faces=follow)
@@ -69,9 +62,6 @@ def compare(video: Path, engine, frames: int) -> dict:
     run(video, engine, 10, True)                                   # warm-up
     full, full_wall, _ = run(video, engine, frames, False)
     followed, wall, _ = run(video, engine, frames, True)
-    by_frame = {}
-    for r in full.faces:
-        by_frame.setdefault(r.face.frame, []).append(r)
     same, ious, dps = 0, [], []
     report_full = pipeline.build_report(full, engine)
     report_followed = pipeline.build_report(followed, engine)
@@ -82,9 +72,9 @@ def compare(video: Path, engine, frames: int) -> dict:
         b = [r.face for r in followed.faces if r.face.frame == index]
         same += len(a) == len(b)
         for fa in a:
-            best = max(b, key=lambda fb: iou(fa.box, fb.box), default=None)
-            if best is not None and iou(fa.box, best.box) >= 0.5:
-                ious.append(iou(fa.box, best.box))
+            best = max(b, key=lambda fb: box_iou(fa.box, fb.box), default=None)
+            if best is not None and box_iou(fa.box, best.box) >= 0.5:
+                ious.append(box_iou(fa.box, best.box))
                 pa = p_full[(index, tuple(round(v, 1) for v in fa.box))]
                 pb = p_followed[(index, tuple(round(v, 1) for v in best.box))]
                 dps.append(abs(pa - pb))
