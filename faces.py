@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from process_wide import once
-from video_processor import box_iou
 
 # ---- Detector settings (limits documented in README "Limits and safety") ----------------------------
 MIN_FACE_PROBABILITY = 0.9
@@ -24,10 +23,6 @@ MAX_FACES_PER_IMAGE = 32                  # more faces than this: the largest 32
 DETECTION_MAX_SIDE = 1024                 # images are downscaled to this for face finding
 # Following faces between analysed video frames (FaceDetector.follow; when: media.FOLLOW_MAX_GAP_S):
 FOLLOW_CANDIDATE_SCALES = (1.0, 1.3)   # candidate squares around each face of the previous frame
-# Boxes found on a downscaled image are re-placed by O-Net on the full-resolution image (FaceDetector.
-# _at_full_resolution): the models move with the box (issue 11), so the box should not depend on the
-# detection size the speed settings chose.
-REFINE_AT_FULL_RESOLUTION = False   # measured, not kept: docs/performance.md, session 7
 # ---- Crop geometry (recorded in every converted model's manifest, see model_store.DEFAULT_CROP) -------
 CROP_Y_SHIFT = 0.049
 CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
@@ -104,10 +99,9 @@ class FaceDetector:
     """
 
     def __init__(self, min_probability: float = MIN_FACE_PROBABILITY, max_side: int = DETECTION_MAX_SIDE,
-                 max_faces: int = MAX_FACES_PER_IMAGE, refine_at_full_resolution: bool = REFINE_AT_FULL_RESOLUTION):
+                 max_faces: int = MAX_FACES_PER_IMAGE):
         from facenet_pytorch import MTCNN  # bundles its own weights: no download
 
-        self.refine_at_full_resolution = refine_at_full_resolution
         self.min_probability = min_probability
         self.max_side = max_side
         self.max_faces = max_faces
@@ -146,27 +140,7 @@ class FaceDetector:
             for j, i in enumerate(members):
                 results[i] = self._faces_from(boxes[j], probs[j], points[j], scales[i], indices[i],
                                               images[i].shape)
-                if scales[i] < 1.0 and self.refine_at_full_resolution:
-                    results[i] = self._at_full_resolution(images[i], results[i])
         return results
-
-    def _at_full_resolution(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
-        """`faces`, found on a downscaled copy of `image`, with box, landmarks and probability from
-        MTCNN's last stage (O-Net) run again on `image` itself: a 640 px frame puts a face's box a few
-        pixels away from where the full frame would (median IoU 0.93 on the benchmark video), and
-        the models' scores move with the box. A face O-Net does not confirm there keeps its box."""
-        if not faces:
-            return faces
-        img = mtcnn_input([image]).permute(0, 3, 1, 2).float()
-        with self._lock, torch.inference_mode():
-            boxes, probs, points = _refine_candidates(self._mtcnn, img, torch.tensor([f.box for f in faces]),
-                                                      MTCNN_THRESHOLDS[1:], second_stage=False)
-        refined = self._faces_from(boxes, probs, points, 1.0, faces[0].frame, image.shape)
-        out = []
-        for face in faces:
-            best = max(refined, key=lambda r: box_iou(r.box, face.box), default=None)
-            out.append(best if best is not None and box_iou(best.box, face.box) >= 0.5 else face)
-        return out
 
     def follow(self, image: np.ndarray, previous: list[Face], frame_index: int = 0,
                max_side: int | None = None) -> list[Face] | None:
@@ -181,10 +155,7 @@ class FaceDetector:
         searches in full at least every media.FULL_SEARCH_EVERY frames and whenever a face is lost."""
         if not previous:
             return None
-        # Candidates are judged where the boxes will be used: on the full frame if boxes are refined
-        # at full resolution (cropping a few squares costs the same at any frame size).
-        small, scale = ((np.ascontiguousarray(image), 1.0) if self.refine_at_full_resolution
-                        else downscaled(image, max_side or self.max_side))
+        small, scale = downscaled(image, max_side or self.max_side)
         candidates = []
         for face in previous:
             x1, y1, x2, y2 = (v * scale for v in face.box)
@@ -220,11 +191,10 @@ class FaceDetector:
         return faces[: self.max_faces]
 
 
-def _refine_candidates(mtcnn, img: torch.Tensor, candidates: torch.Tensor, thresholds, second_stage: bool = True):
+def _refine_candidates(mtcnn, img: torch.Tensor, candidates: torch.Tensor, thresholds):
     """MTCNN's second and third stages (facenet-pytorch's detect_face after its P-Net stage, with its
     own helpers) on candidate boxes (N, 4) in `img` (1, 3, H, W float, 0-255): boxes (M, 4), their
-    O-Net probabilities (M,) and landmarks (M, 5, 2), as numpy. Without `second_stage` the
-    candidates go to O-Net directly (they are MTCNN's own final boxes, to be re-placed)."""
+    O-Net probabilities (M,) and landmarks (M, 5, 2), as numpy."""
     from facenet_pytorch.models.utils.detect_face import bbreg, batched_nms_numpy, imresample, pad, rerec
     from torchvision.ops import nms
 
@@ -240,20 +210,19 @@ def _refine_candidates(mtcnn, img: torch.Tensor, candidates: torch.Tensor, thres
 
     none = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
     boxes = rerec(torch.cat([candidates.float(), torch.zeros(len(candidates), 1)], dim=1))
-    if second_stage:
-        # Second stage: R-Net scores and regresses each candidate square.
-        data, nonempty = crops(boxes, 24)
-        boxes = boxes[nonempty]
-        if not len(boxes):
-            return none
-        reg, prob = mtcnn.rnet(data)
-        passed = prob[:, 1] > thresholds[0]
-        boxes = torch.cat([boxes[passed, :4], prob[passed, 1:2]], dim=1)
-        reg = reg[passed]
-        keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
-        boxes = rerec(bbreg(boxes[keep], reg[keep]))
-        if not len(boxes):
-            return none
+    # Second stage: R-Net scores and regresses each candidate square.
+    data, nonempty = crops(boxes, 24)
+    boxes = boxes[nonempty]
+    if not len(boxes):
+        return none
+    reg, prob = mtcnn.rnet(data)
+    passed = prob[:, 1] > thresholds[0]
+    boxes = torch.cat([boxes[passed, :4], prob[passed, 1:2]], dim=1)
+    reg = reg[passed]
+    keep = nms(boxes[:, :4], boxes[:, 4], 0.7)
+    boxes = rerec(bbreg(boxes[keep], reg[keep]))
+    if not len(boxes):
+        return none
     # Third stage: O-Net scores, regresses and places the landmarks.
     data, nonempty = crops(boxes, 48)
     boxes = boxes[nonempty]
