@@ -275,12 +275,16 @@ def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class FaceCropDataset(Dataset):
-    """(normalised image tensor, float label) pairs from a CachedSplit; optional self-blended fakes."""
+    """(normalised image tensor, float label) pairs from a CachedSplit; optional self-blended fakes.
+
+    With `views` > 1 each item is the same face augmented `views` times independently (a tensor of
+    shape (views, C, H, W)), so that training can ask the model to score the views alike."""
 
     def __init__(self, split: CachedSplit, transform, sbi_probability: float = 0.0, seed: int = 0,
-                 teacher_logits: np.ndarray | None = None):
+                 teacher_logits: np.ndarray | None = None, views: int = 1):
         self.split = split
         self.transform = transform
+        self.views = views
         self.sbi_probability = sbi_probability
         self.seed = seed
         self.epoch = 0
@@ -301,4 +305,7 @@ class FaceCropDataset(Dataset):
             if rng.random() < self.sbi_probability:
                 image, label, teacher = self_blend(image, rng), 1.0, math.nan
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if self.views > 1:
+            views = torch.stack([self.transform(tensor) for _ in range(self.views)])
+            return views, torch.tensor(label), torch.tensor(teacher)
         return self.transform(tensor), torch.tensor(label), torch.tensor(teacher)

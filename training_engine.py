@@ -71,6 +71,17 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, metavar="NPZ",
                    help="distil from teacher logits (npz with 'paths' and 'logits' of the train split)")
     p.add_argument("--distill-weight", type=float, default=0.5)
+    p.add_argument("--consistency", type=float, default=0.0, metavar="W",
+                   help="weight of a consistency term: each face is augmented twice (two box jitters, filters, "
+                        "JPEG...) and the symmetric KL divergence between the two predictions is added to the "
+                        "loss, so that a re-framed face keeps its score (issue 11)")
+    p.add_argument("--views", type=int, default=None,
+                   help="augmented views of each face per step (default 2 with --consistency, else 1); "
+                        "--views 2 --consistency 0 is the control arm with the same images and compute")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (decay per step, e.g. 0.998); "
+                        "it is what is validated, checkpointed and converted (the raw weights are "
+                        "validated too, as raw_val_auc)")
     p.add_argument("--epoch-samples", type=int, default=None,
                    help="training samples per epoch (default: the whole train split); smaller values "
                         "validate and checkpoint more often")
@@ -166,6 +177,9 @@ class Trainer:
             torch.set_num_threads(args.threads)
         self.out_dir = Path(args.output_dir) / args.model
         self.arch_args = _parse_arch_args(args.arch_arg)
+        self.views = args.views or (2 if args.consistency else 1)
+        if args.consistency and self.views < 2:
+            raise SystemExit("--consistency needs at least two views of each face (--views 2)")
 
     # -- data -------------------------------------------------------------------------------------
     def _load_data(self):
@@ -188,7 +202,7 @@ class Trainer:
         mean, std = self.spec.normalisation(self.arch_args)
         self.train_set = data_handler.FaceCropDataset(
             train, data_handler.train_transform(a.input_size, mean, std),
-            sbi_probability=a.sbi, seed=a.seed, teacher_logits=teacher)
+            sbi_probability=a.sbi, seed=a.seed, teacher_logits=teacher, views=self.views)
         self.val_set = data_handler.FaceCropDataset(
             val, data_handler.eval_transform(a.input_size, mean, std))
         self.n_train, self.n_val = len(train.labels), len(val.labels)
@@ -239,6 +253,10 @@ class Trainer:
                                                                     patience=a.lr_patience)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
         self.model = model
+        self.ema = None
+        if a.ema:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(model, decay=a.ema)
         self.net = (torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[self.device.index] if self.cuda else None) if self.distributed else model)
 
@@ -267,16 +285,31 @@ class Trainer:
                 loss = (1 - w) * loss + w * distill
         return loss
 
+    @staticmethod
+    def consistency_loss(logits: torch.Tensor) -> torch.Tensor:
+        """Mean symmetric KL divergence between the Bernoulli predictions of every pair of views of a
+        face; `logits` has shape (faces, views). For two views it is (p1 - p2) * (z1 - z2): it is
+        zero when the views agree, and small when both are confidently on the same side (where the
+        probabilities, which users see, hardly differ even if the logits do)."""
+        probs = torch.sigmoid(logits)
+        dp = probs.unsqueeze(2) - probs.unsqueeze(1)
+        dz = logits.unsqueeze(2) - logits.unsqueeze(1)
+        pairs = logits.shape[1] * (logits.shape[1] - 1)
+        return (dp * dz).sum(dim=(1, 2)).mean() / pairs
+
     def _train_epoch(self, epoch: int) -> dict:
         self.net.train()
         loader = self._train_loader(epoch)
         if self.args.log_samples:
             atomic_write_json(self.out_dir / f"samples-rank{self.rank}-epoch{epoch + 1}.json",
                               {"rank": self.rank, "indices": [int(i) for i in loader.sampler]})
-        total, count, correct = 0.0, 0, 0
+        total, count, correct, disagreement = 0.0, 0, 0, 0.0
         start = time.time()
         for step, (images, labels, teacher) in enumerate(loader):
             self._warm_up(epoch * len(loader) + step)
+            if self.views > 1:  # (faces, views, C, H, W) -> one batch, a face's views side by side
+                images = images.flatten(0, 1)
+                labels, teacher = labels.repeat_interleave(self.views), teacher.repeat_interleave(self.views)
             images = images.to(self.device, non_blocking=True)
             if self.cuda:
                 images = images.to(memory_format=torch.channels_last)
@@ -284,6 +317,12 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.cuda):
                 logits = self.net(images).squeeze(1).float()
             loss = self._loss(logits, labels, teacher)
+            if self.views > 1:
+                # Measured in the control arm too (--views 2 without --consistency), so the two compare.
+                divergence = self.consistency_loss(logits.view(-1, self.views))
+                disagreement += float(divergence.detach()) * len(labels)
+                if self.args.consistency:
+                    loss = loss + self.args.consistency * divergence
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.args.clip_grad:
@@ -291,6 +330,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model, step=epoch * len(loader) + step)
             total += float(loss.detach()) * len(labels)
             count += len(labels)
             correct += int(((logits > 0).float() == labels).sum())
@@ -302,8 +343,14 @@ class Trainer:
             # statistics: take rank 0's so every rank validates and saves the same model.
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
-        return {"train_loss": total / max(count, 1), "train_accuracy": correct / max(count, 1),
-                "train_images_per_s": count * self.world / max(time.time() - start, 1e-9)}
+            if self.ema is not None:  # the average took each rank's own statistics too
+                for buffer in self.ema.module.buffers():
+                    dist.broadcast(buffer, src=0)
+        figures = {"train_loss": total / max(count, 1), "train_accuracy": correct / max(count, 1),
+                   "train_images_per_s": count * self.world / max(time.time() - start, 1e-9)}
+        if self.views > 1:
+            figures["train_view_divergence"] = disagreement / max(count, 1)
+        return figures
 
     def _warm_up(self, global_step: int) -> None:
         """Linear warm-up of every parameter group's learning rate over the first --warmup-steps
@@ -315,15 +362,21 @@ class Trainer:
             target = group.setdefault("warmup_target_lr", group["lr"])
             group["lr"] = warmup_lr(target, global_step, steps)
 
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights a run validates, checkpoints as `model` and converts: the average if --ema."""
+        return self.ema.module if self.ema is not None else self.model
+
     @torch.no_grad()
-    def predict_val(self) -> tuple[np.ndarray, np.ndarray]:
-        """Validation logits and labels, gathered from every rank."""
-        self.net.eval()
+    def predict_val(self, model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Validation logits and labels of `model` (default: the kept model), gathered from every rank."""
+        model = self.kept_model if model is None else model
+        model.eval()
         logits, labels = [], []
         for images, y, _ in self._val_loader():
             images = images.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.cuda):
-                logits.append(self.model(images).squeeze(1).float().cpu())
+                logits.append(model(images).squeeze(1).float().cpu())
             labels.append(y)
         logits_np = torch.cat(logits).numpy() if logits else np.zeros(0, np.float32)
         labels_np = torch.cat(labels).numpy() if labels else np.zeros(0, np.float32)
@@ -338,8 +391,12 @@ class Trainer:
         logits, labels = self.predict_val()
         loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)))
         m = binary_metrics(labels, 1 / (1 + np.exp(-logits)))
-        return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_auc": m["auc"], "val_ap": m["ap"],
-                "val_eer": m["eer"], "_logits": logits, "_labels": labels}
+        figures = {"val_loss": loss, "val_accuracy": m["accuracy"], "val_auc": m["auc"], "val_ap": m["ap"],
+                   "val_eer": m["eer"], "_logits": logits, "_labels": labels}
+        if self.ema is not None:  # the raw weights beside their average: what the averaging changed
+            raw_logits, _ = self.predict_val(self.model)
+            figures["raw_val_auc"] = binary_metrics(labels, 1 / (1 + np.exp(-raw_logits)))["auc"]
+        return figures
 
     # -- mlflow -----------------------------------------------------------------------------------
     def _mlflow_start(self, run_id: str | None) -> str | None:
@@ -390,7 +447,10 @@ class Trainer:
         last_path, best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
         if last_path.exists():
             ckpt = load_checkpoint(last_path)
-            self.model.load_state_dict(ckpt["model"])
+            # With --ema, "model" holds the average and "raw_model" the weights being trained.
+            self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))
+            if self.ema is not None:
+                self.ema.module.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -432,12 +492,14 @@ class Trainer:
                 log.info("epoch %d/%d %s", epoch + 1, a.epochs, json.dumps(
                     {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
                 self._mlflow_log(metrics, epoch + 1)
-                payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                payload = {"model": self.kept_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                            "epoch": epoch, "best_auc": max(best_auc, metrics["val_auc"]) if improved else best_auc,
                            "best_loss": best_loss, "stale": stale, "mlflow_run_id": self.mlflow_run,
                            "history": json.dumps(history), "rng": rng, "world": self.world,
                            "elapsed_s": time.time() - started, "config": json.dumps(self._config())}
+                if self.ema is not None:
+                    payload["raw_model"] = self.model.state_dict()
                 if improved:
                     best_auc, best_val = metrics["val_auc"], metrics
                     save_checkpoint(best_path, payload)
@@ -461,7 +523,7 @@ class Trainer:
         if self.args.log_samples:
             import hashlib
             digest = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
+            for name, tensor in sorted(self.kept_model.state_dict().items()):
                 digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
             atomic_write_json(self.out_dir / f"weights-rank{self.rank}.json", {"sha256": digest.hexdigest()})
         if self.distributed:
@@ -475,6 +537,7 @@ class Trainer:
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
                 "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
+                "views": self.views, "consistency": a.consistency, "ema": a.ema,
                 "teacher": a.teacher, "init_weights": a.init_weights,
                 "init_weights_sha256": getattr(self, "init_weights_sha256", None), "seed": a.seed, "world_size": self.world,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}

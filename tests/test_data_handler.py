@@ -107,3 +107,18 @@ def test_warmup_rises_linearly_to_the_target():
     assert warmup_lr(1e-3, 49, 100) == pytest.approx(5e-4)
     assert warmup_lr(1e-3, 99, 100) == warmup_lr(1e-3, 500, 100) == 1e-3
     assert warmup_lr(1e-3, 0, 0) == 1e-3
+
+
+def test_two_views_of_a_face_are_augmented_independently():
+    import torch
+
+    images = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    split = data_handler.CachedSplit(images, np.array([0, 1, 0, 1]), [str(i) for i in range(4)],
+                                     [str(i) for i in range(4)], 0)
+    transform = data_handler.train_transform(48, (0.5,) * 3, (0.5,) * 3)
+    torch.manual_seed(0)
+    views, label, _ = data_handler.FaceCropDataset(split, transform, views=2)[1]
+    assert views.shape == (2, 3, 48, 48) and float(label) == 1.0
+    assert not torch.equal(views[0], views[1])             # two draws of the augmentation, not a copy
+    single, _, _ = data_handler.FaceCropDataset(split, transform)[1]
+    assert single.shape == (3, 48, 48)                      # one view keeps the old shape

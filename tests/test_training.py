@@ -80,6 +80,38 @@ def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_pat
     assert earlier["test_auc"] == before["metrics"]["test"]["auc"]
 
 
+def test_consistency_training_sees_two_views_and_records_their_divergence(dataset, tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.run(train_cmd("cnn_transformer", dataset, out, tmp_path / "cache", "--epochs", "1",
+                                    "--no-mlflow", "--consistency", "1"),
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "cnn_transformer" / "summary.json").read_text())
+    assert summary["config"]["views"] == 2 and summary["config"]["consistency"] == 1.0
+    assert summary["history"][0]["train_view_divergence"] > 0
+    refused = subprocess.run(train_cmd("cnn_transformer", dataset, tmp_path / "r", tmp_path / "cache", "--epochs", "1",
+                                       "--no-mlflow", "--consistency", "1", "--views", "1"),
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--views 2" in refused.stderr
+
+
+def test_ema_keeps_the_average_as_the_model_and_the_raw_weights_for_resuming(dataset, tmp_path):
+    from training_engine import load_checkpoint
+    out = tmp_path / "runs"
+    cmd = train_cmd("cnn_transformer", dataset, out, tmp_path / "cache", "--no-mlflow", "--ema", "0.9")
+    first = subprocess.run([*cmd, "--epochs", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = load_checkpoint(out / "cnn_transformer" / "last.pt")
+    averaged, raw = ckpt["model"], ckpt["raw_model"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    resumed = subprocess.run([*cmd, "--epochs", "2"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr[-2000:]
+    summary = json.loads((out / "cnn_transformer" / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2] and summary["config"]["ema"] == 0.9
+    assert all(0.0 <= h["raw_val_auc"] <= 1.0 for h in summary["history"])
+
+
 def test_lineage_only_trusts_a_manifest_that_describes_the_init_weights(tmp_path):
     from convert_models import lineage
     from fileio import sha256_of
