@@ -47,10 +47,28 @@ def test_the_convex_ensemble_never_leaves_the_range_of_its_members():
 def test_members_below_the_quality_floor_become_advisory():
     z, y = make_members()
     options = ensembling.candidates(z, y)
-    assert set(options) == {"logistic", "convex", "mean", "logistic+floor", "convex+floor", "mean+floor"}
+    assert set(options) == {f"{m}{rule}" for m in ("logistic", "convex", "mean") for rule in ("", "+floor", "+select")}
     assert options["mean+floor"]["advisory"] == ["noise"]
     assert options["mean+floor"]["weights"]["noise"] == 0.0
     assert options["mean"]["advisory"] == [] and options["mean"]["weights"]["noise"] == pytest.approx(1 / 3)
+
+
+def test_forward_selection_admits_a_member_only_if_it_raises_the_mean_s_val_auc():
+    rng = np.random.default_rng(3)
+    n = 2000
+    y = rng.integers(0, 2, n).astype(float)
+    signal = 2 * y - 1
+    z = {"strong_a": 3.0 * signal + rng.normal(0, 1.5, n),
+         "strong_b": 3.0 * signal + rng.normal(0, 1.5, n),
+         "weak": 0.6 * signal + rng.normal(0, 1.5, n)}    # above a 0.70 floor, below the others
+    assert ensembling.binary_metrics(y, z["weak"])["auc"] > ensembling.QUALITY_FLOOR_AUC
+    assert ensembling.voters(z, y, ensembling.QUALITY_FLOOR_AUC) == ["strong_a", "strong_b", "weak"]
+    assert ensembling.selected_voters(z, y) == ["strong_a", "strong_b"]
+    options = ensembling.candidates(z, y)
+    assert options["mean+select"]["advisory"] == ["weak"] and options["mean+floor"]["advisory"] == []
+    # A member that adds independent evidence of similar quality is admitted.
+    z["third"] = 3.0 * signal + rng.normal(0, 1.5, n)
+    assert ensembling.selected_voters(z, y) == ["strong_a", "strong_b", "third"]
 
 
 def test_the_floor_never_removes_every_voter():
