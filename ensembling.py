@@ -20,6 +20,7 @@ from metrics import binary_metrics
 from scoring import combine
 
 QUALITY_FLOOR_AUC = 0.70      # a member below this validation AUC is advisory: shown, not voting
+MIN_SELECTION_GAIN = 0.001    # validation AUC a member must add to the mean to vote (forward selection)
 SHRINK_TO_EQUAL = 1.0         # strength of the pull of convex weights towards equal weights
 
 
@@ -37,21 +38,25 @@ def voters(val_logits: dict[str, np.ndarray], y_val: np.ndarray, floor: float | 
     return good or [max(keys, key=lambda k: binary_metrics(y_val, val_logits[k])["auc"])]
 
 
-def selected_voters(val_logits: dict[str, np.ndarray], y_val: np.ndarray) -> list[str]:
-    """Forward selection on the validation split: members in order of their own validation AUC, each
-    admitted to the plain mean only if it raises the mean's validation AUC.
+def selected_voters(val_logits: dict[str, np.ndarray], y_val: np.ndarray, floor: float = QUALITY_FLOOR_AUC,
+                    min_gain: float = MIN_SELECTION_GAIN) -> list[str]:
+    """Forward selection on the validation split among the members that reach the quality floor:
+    in order of their own validation AUC, each is admitted to the plain mean only if it raises the
+    mean's validation AUC by more than `min_gain`.
 
-    A member just above the quality floor but far below the others (Xception, say, at 0.70 beside
-    three members at 0.96) can pull the mean down, and as a voter it costs a flipped pass on every
-    face; this rule keeps it advisory until it helps, without moving the floor."""
+    A member just above the floor but far below the others (Xception, say, at 0.70 beside three
+    members at 0.96) can pull the mean down, and as a voter it costs a flipped pass on every face;
+    this rule keeps it advisory until it helps, without moving the floor. The floor still applies: a
+    member at chance with near-constant logits leaves the mean's ranking almost unchanged and could
+    otherwise slip in on a rounding-sized gain."""
     def auc(keys: list[str]) -> float:
         return binary_metrics(y_val, np.mean([val_logits[k] for k in keys], axis=0))["auc"]
 
-    order = sorted(val_logits, key=lambda k: -auc([k]))
+    order = sorted(voters(val_logits, y_val, floor), key=lambda k: -auc([k]))
     chosen, best = [order[0]], auc([order[0]])
     for key in order[1:]:
         trial = auc(chosen + [key])
-        if trial > best:
+        if trial > best + min_gain:
             chosen, best = chosen + [key], trial
     return [k for k in val_logits if k in chosen]
 
@@ -123,8 +128,9 @@ def candidates(val_logits: dict[str, np.ndarray], y_val: np.ndarray) -> dict[str
         "+floor": (voters(val_logits, y_val, QUALITY_FLOOR_AUC),
                    f"; members with validation AUC < {QUALITY_FLOOR_AUC} are advisory (shown, not voting)"),
         "+select": (selected_voters(val_logits, y_val),
-                    "; voters chosen by forward selection (a member votes only if it raised the plain mean's "
-                    "validation AUC), the others advisory"),
+                    f"; voters chosen by forward selection among the members with validation AUC >= "
+                    f"{QUALITY_FLOOR_AUC} (a member votes only if it raised the plain mean's validation AUC by "
+                    f"more than {MIN_SELECTION_GAIN}), the others advisory"),
     }
     out = {}
     for suffix, (keys, rule) in voter_sets.items():

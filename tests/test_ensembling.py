@@ -55,19 +55,24 @@ def test_members_below_the_quality_floor_become_advisory():
 
 def test_forward_selection_admits_a_member_only_if_it_raises_the_mean_s_val_auc():
     rng = np.random.default_rng(3)
-    n = 2000
+    n = 4000
     y = rng.integers(0, 2, n).astype(float)
     signal = 2 * y - 1
-    z = {"strong_a": 3.0 * signal + rng.normal(0, 1.5, n),
-         "strong_b": 3.0 * signal + rng.normal(0, 1.5, n),
-         "weak": 0.6 * signal + rng.normal(0, 1.5, n)}    # above a 0.70 floor, below the others
+    z = {"strong_a": 2.5 * signal + rng.normal(0, 3.0, n),
+         "strong_b": 2.5 * signal + rng.normal(0, 3.0, n),
+         # above a 0.70 floor, below the others, and loud: its logits would dominate the mean
+         "weak": 6.0 * (0.9 * signal + rng.normal(0, 1.5, n))}
     assert ensembling.binary_metrics(y, z["weak"])["auc"] > ensembling.QUALITY_FLOOR_AUC
     assert ensembling.voters(z, y, ensembling.QUALITY_FLOOR_AUC) == ["strong_a", "strong_b", "weak"]
     assert ensembling.selected_voters(z, y) == ["strong_a", "strong_b"]
     options = ensembling.candidates(z, y)
     assert options["mean+select"]["advisory"] == ["weak"] and options["mean+floor"]["advisory"] == []
+    # A member at chance with near-constant logits hardly changes the mean's ranking: the floor keeps
+    # it out whatever rounding-sized gain it brings.
+    z["constant"] = rng.normal(0, 1e-3, n)
+    assert "constant" not in ensembling.selected_voters(z, y, min_gain=0.0)
     # A member that adds independent evidence of similar quality is admitted.
-    z["third"] = 3.0 * signal + rng.normal(0, 1.5, n)
+    z["third"] = 2.5 * signal + rng.normal(0, 3.0, n)
     assert ensembling.selected_voters(z, y) == ["strong_a", "strong_b", "third"]
 
 
