@@ -64,6 +64,17 @@ train cross_attention "${ANNEAL[@]}" --init-weights "$SESSION5/cross_attention.s
     --output-dir "$OUT/ca_anneal" --time-budget 32
 train cnn_transformer "${ANNEAL[@]}" --init-weights "$SESSION5/cnn_transformer.safetensors" --lr 1e-4 --trunk-lr 3e-5 \
     --output-dir "$OUT/ct_anneal" --time-budget 20
+# Session 7: each voter continued from its session-6 conversion with two augmented views of each face
+# per step and a moving average of the weights (the average is what is converted); cnn_transformer at
+# the session-6 rates (its arm of the A/B in docs/training.md), the other two at a second drop.
+SESSION6=${SESSION6:-converted_models}    # folder holding the session-6 conversions (git show 62b2f4c:converted_models/...)
+SESSION7=(--epochs 2 --epoch-samples 8192 --warmup-steps 50 --views 2 --ema 0.995)
+train cnn_transformer "${SESSION7[@]}" --init-weights "$SESSION6/cnn_transformer.safetensors" --lr 1e-4 --trunk-lr 3e-5 \
+    --output-dir "$OUT/ct7"
+train cross_attention "${SESSION7[@]}" --init-weights "$SESSION6/cross_attention.safetensors" --lr 3e-5 --trunk-lr 1e-5 \
+    --output-dir "$OUT/ca7" --time-budget 20
+train efficientnet "${SESSION7[@]}" --init-weights "$SESSION6/efficientnet.safetensors" --lr 6e-5 --trunk-lr 1e-5 \
+    --output-dir "$OUT/eff7" --time-budget 26
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -72,3 +83,4 @@ echo "== all trained"
 # swin efficientnet` (which also records every manifest's check logits); the custom models are
 # converted from "$OUT/continued/<key>/best.pt", efficientnet from "$OUT/efficientnet/best.pt".
 # Session 6: the three voters are converted from "$OUT"/{eff,ca,ct}_anneal/<key>/best.pt, then --ensemble.
+# Session 7: the voters that ship are converted from "$OUT"/{ct7,ca7,eff7}/<key>/best.pt, then --ensemble.
