@@ -20,6 +20,7 @@ from torch import nn
 
 from faces import CANONICAL_CROP_SIZE, CROP_Y_SHIFT
 from fileio import atomic_write_bytes, atomic_write_json, sha256_of  # noqa: F401 - also imported from here
+from process_wide import heavy_imports
 from registry import ENSEMBLE_KEY, MODEL_KEYS, MODEL_REGISTRY, get_spec
 
 FORMAT_VERSION = 1
@@ -265,7 +266,9 @@ def load_converted_model(manifest_path: str | os.PathLike, build_module: bool = 
     try:
         # First on the meta device (no memory, no initialisation): arguments that would build a huge
         # model are caught by the shape check below before anything is allocated.
-        with torch.device("meta"):
+        # Building imports timm or torchvision the first time: not beside another thread doing the
+        # same (process_wide.heavy_imports).
+        with heavy_imports, torch.device("meta"):
             skeleton = spec.build(manifest["input_size"], pretrained=False, **args)
     except Exception as exc:  # noqa: BLE001 - a builder may raise anything for arguments it rejects
         raise ModelFileError(f"{manifest_path}: architecture args rejected ({type(exc).__name__}: {exc})") from None
@@ -280,7 +283,8 @@ def load_converted_model(manifest_path: str | os.PathLike, build_module: bool = 
             f"wrong shapes {wrong[:3]}" if wrong else "") if part)
         raise ModelFileError(f"{weights_path}: weights do not fit architecture {spec.key!r} ({detail})")
     try:
-        model = spec.build(manifest["input_size"], pretrained=False, **args)
+        with heavy_imports:
+            model = spec.build(manifest["input_size"], pretrained=False, **args)
     except Exception as exc:  # noqa: BLE001
         raise ModelFileError(f"{manifest_path}: architecture args rejected ({type(exc).__name__}: {exc})") from None
     state = {k: (v.to(expected[k].dtype)) for k, v in state.items()}

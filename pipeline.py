@@ -30,7 +30,7 @@ import numpy as np
 from faces import CANONICAL_CROP_SIZE, Face, crop_face, get_face_detector
 from media import (ADVISORY_FACES_PER_TRACK, FOLLOW_MAX_GAP_S, FULL_SEARCH_EVERY, MAX_VIDEO_FRAMES_ANALYSED,
                    MIN_VIDEO_FRAMES_ANALYSED, MediaError, kind_of, load_image)
-from process_wide import release_free_memory
+from process_wide import heavy_imports, release_free_memory
 from scoring import ScoringEngine, sigmoid, verdict
 from video_processor import assign_tracks, iter_frames, probe_video, sample_frame_indices
 
@@ -54,7 +54,8 @@ def load_engine(models_dir, **engine_options) -> ScoringEngine:
     """
     def build_face_finder() -> None:
         try:
-            get_face_detector()
+            with heavy_imports:  # torchvision and facenet-pytorch: see process_wide.heavy_imports
+                get_face_detector()
         except Exception:  # noqa: BLE001 - retried (and raised) by the first analysis
             log.debug("face finder warm-up failed", exc_info=True)
 

@@ -9,6 +9,14 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
+# Held while torchvision, timm or facenet-pytorch may be imported for the first time from a thread that
+# runs beside another (the face finder is built beside the engine, pipeline.load_engine). Two threads
+# importing torchvision at once can meet in its circular imports, and Python then hands one of them a
+# partially initialised module ("cannot import name 'InterpolationMode' from partially initialized
+# module 'torchvision.transforms'"): a model then failed to load at random, under load (CI, session 7).
+heavy_imports = threading.RLock()
+
+
 def release_free_memory() -> None:
     """Give freed heap memory back to the OS (glibc malloc_trim; a no-op elsewhere).
 

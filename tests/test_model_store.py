@@ -67,3 +67,28 @@ def test_missing_and_broken_models_leave_the_others_working(random_models_dir, t
     result = engine.score_crops([astronaut[:200, 150:350]])
     assert set(result.model_probabilities) == set(engine.loaded_keys)
     assert 0.0 <= result.ensemble_probability[0] <= 1.0
+
+
+def test_building_a_model_waits_for_another_thread_s_heavy_imports(two_random_models_dir):
+    """The face finder is built beside the engine (pipeline.load_engine); both may import torchvision
+    for the first time, and two threads importing it at once can get a partially initialised module
+    (a model then failed to load at random in CI). Building a module takes the same lock as the
+    face finder's warm-up, so the two imports never overlap."""
+    import threading
+
+    from model_store import discover_manifests
+    from process_wide import heavy_imports
+
+    manifest = discover_manifests(two_random_models_dir)["cross_attention"]
+    done = threading.Event()
+
+    def load() -> None:
+        load_converted_model(manifest, build_module=True)
+        done.set()
+
+    with heavy_imports:                                  # as the face finder's warm-up holds it
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        assert not done.wait(3.0)                       # the build waits for the lock...
+    assert done.wait(60.0)                              # ...and goes on once it is released
+    loader.join(5.0)
