@@ -92,7 +92,60 @@ def _metric_cmd(data_dir: str, split: str) -> str:
 def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data: str | None) -> dict:
     model, config, ckpt = model_from_checkpoint(checkpoint)
     key = config["model"]
-    spec = get_spec(key)
+    training = training_section(config, ckpt)
+    save_converted_model(model, key, out_dir, input_size=config["input_size"],
+                         arch_args=config.get("arch_args", {}), temperature=1.0,
+                         extra={"training": training})
+    return calibrate_and_measure(out_dir, key, data_dir, cross_data, Path(checkpoint).parent)
+
+
+def lineage(config: dict) -> dict | None:
+    """What a training run started from (`--init-weights X`), with the training history behind it, so
+    a manifest carries every phase's command, data, time and curves, not only the last run's.
+
+    X is either a converted model (X.safetensors: its SHA-256, test AUC and training section are read
+    from the manifest beside it, which holds its own `continued_from`) or another run's training
+    checkpoint (X.pt: its training section is rebuilt from the checkpoint's config and history, and
+    followed further back the same way). Read before this conversion replaces X; if X no longer holds
+    the weights the run recorded (SHA-256), or is gone, only the file and its recorded SHA-256 are given."""
+    path = config.get("init_weights")
+    if not path:
+        return None
+    recorded = config.get("init_weights_sha256")
+    out = {"file": str(path), "sha256": recorded}
+    if str(path).endswith(".safetensors"):
+        actual = recorded or (sha256_of(path) if Path(path).exists() else None)
+        manifest_path = Path(path).with_suffix(".json")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return out
+        if not isinstance(manifest, dict) or manifest.get("sha256") != actual:
+            out["note"] = "the manifest beside this file now describes other weights"
+            return out
+        test = ((manifest.get("metrics") or {}).get("test") or {}).get("auc")
+        return {"file": str(path), "sha256": manifest["sha256"], "test_auc": test,
+                "converted_at": manifest.get("converted_at"), "training": manifest.get("training")}
+    if not Path(path).exists():
+        return out
+    actual = sha256_of(path)
+    if recorded and actual != recorded:
+        out["note"] = "this file now holds other weights than the run started from"
+        return out
+    try:
+        from training_engine import load_checkpoint   # the training side reads its own format
+        ckpt = load_checkpoint(Path(path))
+        earlier_config = json.loads(ckpt["config"])
+    except Exception as exc:  # not one of our checkpoints: say so, keep the file and hash
+        out["note"] = f"not a readable training checkpoint ({type(exc).__name__})"
+        return out
+    return {"file": str(path), "sha256": actual, "training": training_section(earlier_config, ckpt)}
+
+
+def training_section(config: dict, ckpt: dict) -> dict:
+    """A manifest's `training` section for a run: its data, time, command and per-epoch history up to
+    the checkpoint, and what it continued (`lineage`)."""
+    spec = get_spec(config["model"])
     history = json.loads(ckpt["history"])
     training = {
         "dataset": config.get("dataset"), "data_dir": config.get("data_dir"), "split": "train",
@@ -107,37 +160,7 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
     earlier = lineage(config)
     if earlier:
         training["continued_from"] = earlier
-    save_converted_model(model, key, out_dir, input_size=config["input_size"],
-                         arch_args=config.get("arch_args", {}), temperature=1.0,
-                         extra={"training": training})
-    return calibrate_and_measure(out_dir, key, data_dir, cross_data, Path(checkpoint).parent)
-
-
-def lineage(config: dict) -> dict | None:
-    """The converted model a training run started from (`--init-weights X.safetensors`), read from
-    the manifest beside X: its SHA-256, test AUC and training section, which holds its own
-    `continued_from`. So a manifest carries every phase's command, data, time and curves, not only
-    the last run's. Read before this conversion replaces X; if the manifest there now describes other
-    weights (or is gone), only the file and its recorded SHA-256 are given."""
-    path = config.get("init_weights")
-    if not path:
-        return None
-    recorded = config.get("init_weights_sha256")
-    out = {"file": str(path), "sha256": recorded}
-    manifest_path = Path(path).with_suffix(".json")
-    if not str(path).endswith(".safetensors") or not manifest_path.exists():
-        return out
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return out
-    actual = recorded or (sha256_of(path) if Path(path).exists() else None)
-    if not isinstance(manifest, dict) or manifest.get("sha256") != actual:
-        out["note"] = "the manifest beside this file now describes other weights"
-        return out
-    test = ((manifest.get("metrics") or {}).get("test") or {}).get("auc")
-    return {"file": str(path), "sha256": manifest["sha256"], "test_auc": test,
-            "converted_at": manifest.get("converted_at"), "training": manifest.get("training")}
+    return training
 
 
 def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, cache_dir: Path) -> dict:

@@ -159,7 +159,8 @@ def _custom_spec(key: str, title: str, build_fn, mnv2_layers: tuple[str, str], l
                      default_arch_args={"trunk": "mobilenet_v2"}, variant_arg="trunk",
                      variant_norms=_LITE_TRUNK_NORMS,
                      variant_feature_layers={t: lite_layers for t in _LITE_TRUNK_NORMS},
-                     description=description + "; trunk='lite2' puts it on EfficientNet-Lite2.")
+                     description=description + "; trunk='lite2' puts it on EfficientNet-Lite2; anti_alias=1 "
+                                                             "blurs before the MobileNetV2 trunk's strided convs.")
 
 
 register(_custom_spec(

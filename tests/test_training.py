@@ -130,6 +130,30 @@ def test_lineage_only_trusts_a_manifest_that_describes_the_init_weights(tmp_path
     assert lineage({"init_weights": str(weights), "init_weights_sha256": sha}) == {"file": str(weights), "sha256": sha}
 
 
+def test_lineage_follows_a_training_checkpoint_back_to_the_converted_model(tmp_path):
+    """A run started from another run's checkpoint (`--init-weights runs/.../best.pt`) keeps the whole
+    chain: that run's command and history, and the converted model it started from."""
+    from convert_models import lineage
+    from fileio import sha256_of
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"weights")
+    (tmp_path / "m.json").write_text(json.dumps({"sha256": sha256_of(weights), "training": {"command": "first"}}))
+    earlier = {"model": "cnn_transformer", "input_size": 128, "command": "second", "epoch_samples": 64,
+               "init_weights": str(weights), "init_weights_sha256": sha256_of(weights)}
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"config": json.dumps(earlier), "history": json.dumps([{"epoch": 1, "val_auc": 0.9}]),
+                "epoch": 0, "best_auc": 0.9, "elapsed_s": 12.0}, checkpoint)
+    got = lineage({"init_weights": str(checkpoint), "init_weights_sha256": sha256_of(checkpoint)})
+    assert got["sha256"] == sha256_of(checkpoint)
+    assert got["training"]["command"] == "second" and got["training"]["history"] == [{"epoch": 1, "val_auc": 0.9}]
+    assert got["training"]["continued_from"]["training"] == {"command": "first"}
+    # The checkpoint was overwritten since the run started: not followed.
+    moved = lineage({"init_weights": str(checkpoint), "init_weights_sha256": "0" * 64})
+    assert "training" not in moved and "other weights" in moved["note"]
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert "not a readable training checkpoint" in lineage({"init_weights": str(tmp_path / "junk.pt")})["note"]
+
+
 def test_mlflow_records_params_metrics_and_artifacts(dataset, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = subprocess.run(train_cmd("cnn_transformer", dataset, tmp_path / "runs", tmp_path / "cache", "--epochs", "2",
