@@ -216,6 +216,11 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
         paths, labels = _split_paths(ddir, split)
         z, kept = _calibrated_logits(engine, key, paths)
         out[f"{name}_logits"], out[f"{name}_labels"] = z, labels[kept]
+    # Cached like calibrate_and_measure's, so the next refit does not score this member again (an
+    # advisory Xception takes minutes on two cores).
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, sha256=manifest["sha256"], temperature=manifest["temperature"],
+             tta=manifest.get("test_time_augmentation") or "", **out)
     return out
 
 

@@ -231,3 +231,33 @@ def test_torchrun_two_processes_shard_data_and_end_with_identical_weights(datase
     assert w0 == w1
     summary = json.loads((d / "summary.json").read_text())
     assert summary["config"]["world_size"] == 2
+
+
+def test_ensemble_refit_caches_a_member_it_had_to_score(tmp_path, monkeypatch):
+    """A member without valid cached logits (e.g. an advisory Xception converted before) is scored once
+    and cached, keyed by its weights, temperature and test-time augmentation; the next refit reads it."""
+    import numpy as np
+    import convert_models
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    models.mkdir()
+    (models / "xception.json").write_text(json.dumps({"sha256": "ab" * 32, "temperature": 0.7,
+                                                       "test_time_augmentation": "none"}))
+    scored = []
+
+    def fake_logits(engine, key, paths):
+        scored.append(len(paths))
+        return np.linspace(-1, 1, len(paths)), np.arange(len(paths))
+
+    monkeypatch.setattr(convert_models, "_calibration_engine", lambda out_dir, key: None)
+    monkeypatch.setattr(convert_models, "_split_paths", lambda ddir, split: (["a", "b", "c"], np.array([0, 1, 1])))
+    monkeypatch.setattr(convert_models, "_calibrated_logits", fake_logits)
+    first = convert_models._member_logits(models, "xception", runs, "data", "cross")
+    assert scored == [3, 3, 3] and (runs / "xception" / "eval_logits.npz").exists()
+    second = convert_models._member_logits(models, "xception", runs, "data", "cross")
+    assert scored == [3, 3, 3]                                   # read from the cache, not scored again
+    assert second.keys() >= first.keys() and np.array_equal(second["val_logits"], first["val_logits"])
+    # Other weights under the same name: scored again.
+    (models / "xception.json").write_text(json.dumps({"sha256": "cd" * 32, "temperature": 0.7,
+                                                       "test_time_augmentation": "none"}))
+    convert_models._member_logits(models, "xception", runs, "data", "cross")
+    assert scored == [3, 3, 3] * 2
