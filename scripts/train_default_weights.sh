@@ -75,6 +75,14 @@ train cross_attention "${SESSION7[@]}" --init-weights "$SESSION6/cross_attention
     --output-dir "$OUT/ca7" --time-budget 20
 train efficientnet "${SESSION7[@]}" --init-weights "$SESSION6/efficientnet.safetensors" --lr 6e-5 --trunk-lr 1e-5 \
     --output-dir "$OUT/eff7" --time-budget 26
+# Session 8: cnn_transformer with the anti-aliased trunk (a blur before each stride-2 conv), from its
+# session-7 conversion: two epochs at the session-7 rates (the A/B arm), then four with the trunk at
+# the head's rate so the blurred trunk could recover its accuracy (docs/training.md, session 8).
+SESSION7_MODELS=${SESSION7_MODELS:-converted_models}    # folder holding the session-7 conversions (git show a6320bc:converted_models/...)
+train cnn_transformer "${SESSION7[@]}" --arch-arg anti_alias=1 --init-weights "$SESSION7_MODELS/cnn_transformer.safetensors" \
+    --lr 1e-4 --trunk-lr 3e-5 --output-dir "$OUT/ct8_aa"
+train cnn_transformer "${SESSION7[@]}" --epochs 4 --arch-arg anti_alias=1 --init-weights "$OUT/ct8_aa/cnn_transformer/best.pt" \
+    --lr 1e-4 --trunk-lr 1e-4 --output-dir "$OUT/ct8" --time-budget 40
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -84,3 +92,4 @@ echo "== all trained"
 # converted from "$OUT/continued/<key>/best.pt", efficientnet from "$OUT/efficientnet/best.pt".
 # Session 6: the three voters are converted from "$OUT"/{eff,ca,ct}_anneal/<key>/best.pt, then --ensemble.
 # Session 7: the voters that ship are converted from "$OUT"/{ct7,ca7,eff7}/<key>/best.pt, then --ensemble.
+# Session 8: cnn_transformer is converted from "$OUT/ct8/cnn_transformer/best.pt", then --ensemble.
