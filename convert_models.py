@@ -189,26 +189,39 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     manifest["metrics"] = metrics
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(manifest_path, manifest)
-    # Calibrated logits for the ensemble fit, outside git, keyed by the weights' checksum, temperature and
-    # test-time augmentation.
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(cache_dir / "eval_logits.npz", sha256=manifest["sha256"], temperature=manifest["temperature"],
-             tta=manifest["test_time_augmentation"],
-             **{f"{n}_logits": v[0] for n, v in cache.items()}, **{f"{n}_labels": v[1] for n, v in cache.items()})
+    write_eval_cache(cache_dir / "eval_logits.npz", manifest,
+                     {**{f"{n}_logits": v[0] for n, v in cache.items()}, **{f"{n}_labels": v[1] for n, v in cache.items()}})
     log.info("%s: T=%.3f val AUC %.4f test AUC %.4f%s", key, temperature, metrics["val"]["auc"],
              metrics["test"]["auc"], f" cross AUC {metrics['cross_dataset']['auc']:.4f}" if cross_data else "")
     return manifest
 
 
+def write_eval_cache(path: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Calibrated logits and labels per evaluation set, for the ensemble fit (outside git), keyed by the
+    model's weights (SHA-256), temperature and test-time augmentation: `read_eval_cache` trusts them
+    only while all three are what the manifest says."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, sha256=manifest["sha256"], temperature=manifest["temperature"],
+             tta=manifest.get("test_time_augmentation") or "", **arrays)
+
+
+def read_eval_cache(path: Path, manifest: dict) -> dict | None:
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as d:
+        if str(d["sha256"]) == manifest["sha256"] and "temperature" in d.files and \
+                float(d["temperature"]) == float(manifest["temperature"]) and \
+                "tta" in d.files and str(d["tta"]) == manifest.get("test_time_augmentation"):
+            return {k: d[k] for k in d.files}
+    return None
+
+
 def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross_data: str | None) -> dict:
     manifest = read_manifest(out_dir / f"{key}.json")
     cached = runs_dir / key / "eval_logits.npz"
-    if cached.exists():
-        with np.load(cached, allow_pickle=False) as d:
-            if str(d["sha256"]) == manifest["sha256"] and "temperature" in d.files and \
-                    float(d["temperature"]) == float(manifest["temperature"]) and \
-                    "tta" in d.files and str(d["tta"]) == manifest.get("test_time_augmentation"):
-                return {k: d[k] for k in d.files}
+    found = read_eval_cache(cached, manifest)
+    if found is not None:
+        return found
     out = {}
     engine = _calibration_engine(out_dir, key)
     sets = _eval_sets(data_dir, cross_data)
@@ -216,11 +229,9 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
         paths, labels = _split_paths(ddir, split)
         z, kept = _calibrated_logits(engine, key, paths)
         out[f"{name}_logits"], out[f"{name}_labels"] = z, labels[kept]
-    # Cached like calibrate_and_measure's, so the next refit does not score this member again (an
-    # advisory Xception takes minutes on two cores).
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cached, sha256=manifest["sha256"], temperature=manifest["temperature"],
-             tta=manifest.get("test_time_augmentation") or "", **out)
+    # Cached, so the next refit does not score this member again (an advisory Xception takes minutes
+    # on two cores).
+    write_eval_cache(cached, manifest, out)
     return out
 
 

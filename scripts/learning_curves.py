@@ -34,11 +34,12 @@ def curve(manifest: dict) -> list[dict]:
     for run in reversed(phases(manifest.get("training") or {})):
         history = run.get("history") or []
         per_epoch = run.get("samples_per_epoch") or run.get("n_train") or 0
+        init = started_from(run)
         start = "ImageNet trunk" if run.get("pretrained_trunk") else "scratch"
         if run.get("continued_from"):
             start = "the run above"
-        elif started_from(run):  # weights whose own history the manifest does not hold
-            start = f"`{Path(started_from(run)).name}` (earlier runs not recorded)"
+        elif init:  # weights whose own history the manifest does not hold
+            start = f"`{Path(init).name}` (earlier runs not recorded)"
         rows.append({"lr": learning_rates(run.get("command", "")), "start": start, "faces_before": seen,
                      "faces_per_epoch": per_epoch,
                      "val_auc": [round(e["val_auc"], 4) for e in history if e.get("val_auc") is not None]})
