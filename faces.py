@@ -23,6 +23,13 @@ MAX_FACES_PER_IMAGE = 32                  # more faces than this: the largest 32
 DETECTION_MAX_SIDE = 1024                 # images are downscaled to this for face finding
 # Following faces between analysed video frames (FaceDetector.follow; when: media.FOLLOW_MAX_GAP_S):
 FOLLOW_CANDIDATE_SCALES = (1.0, 1.3)   # candidate squares around each face of the previous frame
+# Box consensus (settle_boxes): O-Net regresses these squares around each found box, (dx, dy) in
+# units of the box's longer side, then a scale of it; the regressed boxes are averaged.
+CONSENSUS_SHIFT, CONSENSUS_SCALE = 0.08, 0.10
+CONSENSUS_CANDIDATES = ((0.0, 0.0, 1.0),
+                        (CONSENSUS_SHIFT, 0.0, 1.0), (-CONSENSUS_SHIFT, 0.0, 1.0),
+                        (0.0, CONSENSUS_SHIFT, 1.0), (0.0, -CONSENSUS_SHIFT, 1.0),
+                        (0.0, 0.0, 1.0 - CONSENSUS_SCALE), (0.0, 0.0, 1.0 + CONSENSUS_SCALE))
 # ---- Crop geometry (recorded in every converted model's manifest, see model_store.DEFAULT_CROP) -------
 CROP_Y_SHIFT = 0.049
 CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
@@ -93,18 +100,20 @@ def mtcnn_input(images: list[np.ndarray]) -> torch.Tensor:
 
 class FaceDetector:
     """Batched MTCNN; frames are downscaled to at most DETECTION_MAX_SIDE for speed, boxes mapped back.
+    Every box is then settled (`settle_boxes`; `consensus=False` keeps MTCNN's boxes as found).
 
     MTCNN is not re-entrant (its modules are shared), so calls are serialised by a lock; the detector
     is built once per process and reused.
     """
 
     def __init__(self, min_probability: float = MIN_FACE_PROBABILITY, max_side: int = DETECTION_MAX_SIDE,
-                 max_faces: int = MAX_FACES_PER_IMAGE):
+                 max_faces: int = MAX_FACES_PER_IMAGE, consensus: bool = True):
         from facenet_pytorch import MTCNN  # bundles its own weights: no download
 
         self.min_probability = min_probability
         self.max_side = max_side
         self.max_faces = max_faces
+        self.consensus = consensus     # settle every box (settle_boxes) on the image MTCNN searched
         self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX,
                             thresholds=list(MTCNN_THRESHOLDS), post_process=False)
         # channels_last weights: P-Net's conv/PReLU/max-pool then run in oneDNN's fast layout
@@ -138,8 +147,9 @@ class FaceDetector:
             with self._lock, torch.inference_mode():
                 boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
             for j, i in enumerate(members):
-                results[i] = self._faces_from(boxes[j], probs[j], points[j], scales[i], indices[i],
-                                              images[i].shape)
+                results[i] = self._settled(scaled[i], scales[i], images[i].shape,
+                                           self._faces_from(boxes[j], probs[j], points[j], scales[i], indices[i],
+                                                            images[i].shape))
         return results
 
     def follow(self, image: np.ndarray, previous: list[Face], frame_index: int = 0,
@@ -167,7 +177,21 @@ class FaceDetector:
             boxes, probs, points = _refine_candidates(self._mtcnn, img, torch.tensor(candidates),
                                                       MTCNN_THRESHOLDS[1:])
         faces = self._faces_from(boxes, probs, points, scale, frame_index, image.shape)
-        return faces if len(faces) >= len(previous) else None
+        return self._settled(small, scale, image.shape, faces) if len(faces) >= len(previous) else None
+
+    def _settled(self, searched: np.ndarray, scale: float, shape, faces: list[Face]) -> list[Face]:
+        """`faces` (in the caller's pixels) with their boxes and landmarks settled (`settle_boxes`) on
+        the image MTCNN searched (`searched`, the caller's image downscaled by `scale`): at most
+        DETECTION_MAX_SIDE, so the cost per face stays bounded however large the photo."""
+        if not self.consensus or not faces:
+            return faces
+        with self._lock, torch.inference_mode():
+            boxes, points = settle_boxes(self._mtcnn.onet, searched, np.array([f.box for f in faces]) * scale)
+        boxes, points = boxes / scale, points / scale
+        h, w = shape[:2]
+        return [Face(box=(max(0.0, float(b[0])), max(0.0, float(b[1])), min(float(w), float(b[2])), min(float(h), float(b[3]))),
+                     probability=f.probability, landmarks=[(float(x), float(y)) for x, y in pts], frame=f.frame)
+                for f, b, pts in zip(faces, boxes, points)]
 
     def _faces_from(self, boxes, probs, points, scale, frame, shape) -> list[Face]:
         if boxes is None:
@@ -238,6 +262,47 @@ def _refine_candidates(mtcnn, img: torch.Tensor, candidates: torch.Tensor, thres
     keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], torch.zeros(len(boxes)), 0.7, "Min")
     boxes, points = boxes[keep], points[keep]
     return boxes[:, :4].numpy(), boxes[:, 4].numpy(), points.numpy()
+
+
+def consensus_squares(boxes: np.ndarray, candidates=CONSENSUS_CANDIDATES) -> np.ndarray:
+    """(N * K, 4) candidate squares, K per box (face-major): each box's longer side (MTCNN squares its
+    boxes the same way before R-Net and O-Net), moved and scaled as `candidates` say."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    moves = np.asarray(candidates, np.float64).reshape(-1, 3)                    # (K, 3): dx, dy, scale
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None]   # (N, 1)
+    cx = (boxes[:, :1] + boxes[:, 2:3]) / 2 + moves[:, 0] * side                   # (N, K)
+    cy = (boxes[:, 1:2] + boxes[:, 3:4]) / 2 + moves[:, 1] * side
+    half = moves[:, 2] * side / 2
+    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1).reshape(-1, 4)
+
+
+def settle_boxes(onet, image: np.ndarray, boxes: np.ndarray, candidates=CONSENSUS_CANDIDATES):
+    """Boxes (N, 4) and landmarks (N, 5, 2) that MTCNN's last stage agrees on around each of `boxes` in
+    the RGB uint8 `image`: O-Net regresses every candidate square (`consensus_squares`) and the
+    regressed boxes and landmarks are averaged per face.
+
+    Why: MTCNN's box depends on which of its pyramid's windows happened to land on the face, so the
+    same face framed a little differently (another canvas, another frame size) gets a box a few per
+    cent of its side away, and the models' P(fake) moves with it. O-Net re-regressing one box is not a
+    fixed point (docs/performance.md); the average of its regressions from several nearby squares
+    moves 2.5-3x less (docs/training.md, session 9). Cut and
+    resampled exactly as facenet-pytorch's third stage cuts R-Net's boxes (its `pad`, `imresample`,
+    `bbreg`); only the cut regions are converted to float, not the whole frame."""
+    from facenet_pytorch.models.utils.detect_face import bbreg, imresample, pad
+
+    n, k = len(boxes), len(candidates)
+    squares = torch.from_numpy(np.concatenate([consensus_squares(boxes, candidates), np.ones((n * k, 1))], 1)).float()
+    h, w = image.shape[:2]
+    y, ey, x, ex = pad(squares, w, h)
+    cuts = torch.cat([imresample(torch.from_numpy(image[y[i] - 1:ey[i], x[i] - 1:ex[i]].astype(np.float32))
+                                 .permute(2, 0, 1).unsqueeze(0), (48, 48)) for i in range(len(y))])
+    regression, marks, _ = onet(((cuts - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last))
+    bw, bh = squares[:, 2] - squares[:, 0] + 1, squares[:, 3] - squares[:, 1] + 1
+    points = torch.stack([bw[:, None] * marks[:, :5] + squares[:, :1] - 1,
+                          bh[:, None] * marks[:, 5:] + squares[:, 1:2] - 1], dim=2)
+    regressed = bbreg(squares.clone(), regression)[:, :4]
+    return (regressed.reshape(n, k, 4).mean(1).numpy().astype(np.float64),
+            points.reshape(n, k, 5, 2).mean(1).numpy().astype(np.float64))
 
 
 @once

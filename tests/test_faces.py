@@ -97,3 +97,49 @@ def test_a_lost_face_asks_for_a_full_search(astronaut):
     assert detector.follow(astronaut, [before[0], ghost]) is None
     small = detector.follow(astronaut, before, max_side=256)
     assert small is not None and box_iou(small[0].box, before[0].box) > 0.8
+
+
+def test_consensus_candidates_are_squares_around_the_box():
+    """consensus_squares: per box, K squares of its longer side, moved and scaled as listed."""
+    from faces import consensus_squares
+
+    squares = consensus_squares(np.array([[0.0, 0.0, 100.0, 50.0], [10.0, 10.0, 30.0, 40.0]]),
+                                candidates=((0.0, 0.0, 1.0), (0.1, 0.0, 1.0), (0.0, 0.0, 0.5)))
+    assert squares.shape == (6, 4)
+    np.testing.assert_allclose(squares[0], [0, -25, 100, 75])          # centred, side 100
+    np.testing.assert_allclose(squares[1], [10, -25, 110, 75])         # moved by 10 % of the side
+    np.testing.assert_allclose(squares[2], [25, 0, 75, 50])            # half the side
+    np.testing.assert_allclose(squares[3], [5, 10, 35, 40])            # the second box: side 30
+
+
+def test_settled_boxes_move_less_when_the_same_face_is_framed_differently(astronaut):
+    """The issue-11 re-framing check on a real face: the same head on grey canvases of five sizes,
+    moved by a few pixels. In the head's own coordinates, the settled boxes (the default) must move
+    much less between versions than MTCNN's boxes as found, and stay on the face (close to them)."""
+    from faces import FaceDetector
+
+    head = astronaut[0:300, 100:360]
+    as_found, settled = FaceDetector(consensus=False), get_face_detector()
+    raw, steady = [], []
+    for factor, (dx, dy) in [(1.5, (0, 0)), (1.45, (3, -2)), (1.55, (-4, 3)), (1.4, (1, 1)), (1.6, (2, -3))]:
+        side = int(round(300 * factor))
+        canvas = np.full((side, side, 3), 128, np.uint8)
+        x0, y0 = (side - 260) // 2 + dx, (side - 300) // 2 + dy
+        canvas[y0:y0 + 300, x0:x0 + 260] = head
+        a, b = as_found.detect([canvas])[0], settled.detect([canvas])[0]
+        assert len(a) == len(b) == 1
+        assert box_iou(a[0].box, b[0].box) > 0.9 and len(b[0].landmarks) == 5
+        raw.append(np.subtract(a[0].box, [x0, y0, x0, y0]))
+        steady.append(np.subtract(b[0].box, [x0, y0, x0, y0]))
+    raw_spread, steady_spread = np.ptp(raw, axis=0).mean(), np.ptp(steady, axis=0).mean()
+    assert steady_spread < 0.6 * raw_spread, (raw_spread, steady_spread)
+
+
+def test_a_followed_face_is_settled_too(astronaut):
+    """follow() ends with the same consensus as detect(): the settled box of a face does not depend
+    on whether it was found by the full search or followed from the previous frame."""
+    detector = get_face_detector()
+    searched = detector.detect([astronaut])[0]
+    followed = detector.follow(astronaut, searched)
+    assert followed is not None
+    assert box_iou(followed[0].box, searched[0].box) > 0.95
