@@ -83,6 +83,10 @@ train cnn_transformer "${SESSION7[@]}" --arch-arg anti_alias=1 --init-weights "$
     --lr 1e-4 --trunk-lr 3e-5 --output-dir "$OUT/ct8_aa"
 train cnn_transformer "${SESSION7[@]}" --epochs 4 --arch-arg anti_alias=1 --init-weights "$OUT/ct8_aa/cnn_transformer/best.pt" \
     --lr 1e-4 --trunk-lr 1e-4 --output-dir "$OUT/ct8" --time-budget 40
+# Session 9: cross_attention with the anti-aliased trunk, from its session-7 conversion, at the rates that
+# recovered cnn_transformer; the time budget stopped it after four epochs (shipped: epoch 4).
+train cross_attention "${SESSION7[@]}" --epochs 6 --arch-arg anti_alias=1 \
+    --init-weights "$SESSION7_MODELS/cross_attention.safetensors" --lr 1e-4 --trunk-lr 1e-4 --output-dir "$OUT/ca9" --time-budget 75
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -93,3 +97,4 @@ echo "== all trained"
 # Session 6: the three voters are converted from "$OUT"/{eff,ca,ct}_anneal/<key>/best.pt, then --ensemble.
 # Session 7: the voters that ship are converted from "$OUT"/{ct7,ca7,eff7}/<key>/best.pt, then --ensemble.
 # Session 8: cnn_transformer is converted from "$OUT/ct8/cnn_transformer/best.pt", then --ensemble.
+# Session 9: cross_attention is converted from "$OUT/ca9/cross_attention/best.pt", then --ensemble.
