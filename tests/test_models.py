@@ -163,13 +163,13 @@ def test_anti_aliased_trunk_keeps_parameter_names_grid_and_output(key):
     """anti_alias=1 blurs before every stride-2 conv without adding or renaming parameters, so weights
     trained without it load strictly (fine-tuning starts from the shipped model) and the token grid,
     hence the position embeddings, keep their size."""
-    from architectures import BlurredConv2d
+    from architectures import is_blurred
     plain = get_spec(key).build(128, pretrained=True).eval()       # ImageNet trunk: real features
     blurred = get_spec(key).build(128, pretrained=True, anti_alias=1).eval()
     assert list(blurred.state_dict()) == list(plain.state_dict())
     blurred.load_state_dict(plain.state_dict(), strict=True)
     strided = [m for m in blurred.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
-    assert len(strided) == 5 and all(isinstance(m, BlurredConv2d) for m in strided)
+    assert len(strided) == 5 and all(is_blurred(m) for m in strided)
     x = torch.rand(2, 3, 128, 128)
     with torch.no_grad():
         assert blurred(x).shape == plain(x).shape == (2, 1)
@@ -194,6 +194,24 @@ def test_anti_aliasing_makes_imagenet_features_stable_under_small_shifts():
     assert blurred > plain + 0.01, (plain, blurred)   # measured 0.967 -> 0.995
 
 
-def test_anti_aliasing_is_refused_on_the_lite_trunk():
-    with pytest.raises(ValueError, match="mobilenet_v2 trunk only"):
-        get_spec("cnn_transformer").build(128, trunk="lite0", anti_alias=1)
+def test_anti_aliased_efficientnet_keeps_parameter_names_and_grid():
+    """EfficientNet's stride-2 convs are timm's Conv2dSame ("same" padding computed per input): the blur
+    goes before each of them (stem and four depthwise convs) without renaming a parameter, so weights
+    trained without it (the shipped ones) load strictly, the output keeps its shape, and the blur is really in the path.
+    The Lite trunk of the custom models is blurred the same way."""
+    from timm.layers import Conv2dSame
+
+    from architectures import is_blurred
+    spec = get_spec("efficientnet")
+    plain = spec.build(128, pretrained=True).eval()       # offline Lite2 ImageNet weights: real features
+    blurred = spec.build(128, pretrained=True, anti_alias=1).eval()
+    assert list(blurred.state_dict()) == list(plain.state_dict())
+    blurred.load_state_dict(plain.state_dict(), strict=True)
+    strided = [m for m in blurred.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == 5 and all(is_blurred(m) and isinstance(m, Conv2dSame) for m in strided)
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        assert blurred(x).shape == plain(x).shape == (2, 1)
+        assert not torch.allclose(blurred.forward_features(x), plain.forward_features(x), rtol=0.05, atol=1e-3)
+    lite = get_spec("cnn_transformer").build(128, trunk="lite0", anti_alias=1)
+    assert sum(is_blurred(m) for m in lite.modules()) == 5
