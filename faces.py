@@ -189,9 +189,12 @@ class FaceDetector:
             boxes, points = settle_boxes(self._mtcnn.onet, searched, np.array([f.box for f in faces]) * scale)
         boxes, points = boxes / scale, points / scale
         h, w = shape[:2]
-        return [Face(box=(max(0.0, float(b[0])), max(0.0, float(b[1])), min(float(w), float(b[2])), min(float(h), float(b[3]))),
-                     probability=f.probability, landmarks=[(float(x), float(y)) for x, y in pts], frame=f.frame)
-                for f, b, pts in zip(faces, boxes, points)]
+        settled = [Face(box=(max(0.0, float(b[0])), max(0.0, float(b[1])), min(float(w), float(b[2])),
+                             min(float(h), float(b[3]))),
+                        probability=f.probability, landmarks=[(float(x), float(y)) for x, y in pts], frame=f.frame)
+                   for f, b, pts in zip(faces, boxes, points)]
+        settled.sort(key=lambda f: f.area, reverse=True)   # still largest first: settling resizes the boxes
+        return settled
 
     def _faces_from(self, boxes, probs, points, scale, frame, shape) -> list[Face]:
         if boxes is None:
