@@ -17,10 +17,11 @@ Workloads (docs/performance.md has the figures and how they were measured):
 The naive baseline (below) runs (a) and (b) the way a straightforward script would: every frame
 decoded in order, a new MTCNN per frame, detection at full resolution, every model run on one face at
 a time in eager PyTorch (fp32, no channels_last), with the same box consensus (faces.settle_boxes, on
-the full-size frame), the same crop geometry and the same calibrated ensemble. The two must agree, or the benchmark exits with status 1 (see `compare`): the same faces in
-every frame; the naive's crops scored by ours within 1e-3 of the naive's probabilities; and no
-systematic end-to-end difference (mean per-face and file-score difference within --tolerance, or
-within 3 standard errors where models jitter with the boxes).
+the full-size frame), the same crop geometry and the same calibrated ensemble. The two must agree,
+or the benchmark exits with status 1 (see `compare`): the same faces in every frame; the naive's
+crops scored by ours within 1e-3 of the naive's probabilities; and no systematic end-to-end
+difference (mean per-face and file-score difference within --tolerance, or within 3 standard errors
+where models jitter with the boxes).
 
 Honest figures: each timing is reported as wall-clock seconds *and* CPU seconds of the process
 (user + system, all threads), with the share of the machine's CPU that other processes used during
@@ -229,7 +230,7 @@ class Naive:
     def faces_in(self, frame: np.ndarray, index: int) -> list:
         import torch
 
-        from faces import MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, crop_face, settle_boxes
+        from faces import MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, clip_box, crop_face, settle_boxes
         from pipeline import FaceRecord
         from scoring import prepare_batch
 
@@ -248,8 +249,7 @@ class Naive:
         if found:   # the analysis's box consensus (faces.settle_boxes), on the full-size frame
             with torch.no_grad():
                 settled, _ = settle_boxes(mtcnn.onet, frame, np.array([f.box for f in found]))
-            found = [Face(box=(max(0.0, float(b[0])), max(0.0, float(b[1])), min(float(w), float(b[2])),
-                               min(float(h), float(b[3]))), probability=f.probability, frame=index)
+            found = [Face(box=clip_box(b, frame.shape), probability=f.probability, frame=index)
                      for f, b in zip(found, settled)]
         found.sort(key=lambda f: f.area, reverse=True)
         t1 = time.perf_counter()

@@ -54,6 +54,13 @@ class Face:
                 "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks]}
 
 
+def clip_box(box, shape) -> tuple[float, float, float, float]:
+    """`box` (x1, y1, x2, y2) clipped to an image of `shape` (h, w, ...)."""
+    h, w = shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
+
+
 def crop_square(box) -> tuple[float, float, float]:
     """(centre x, centre y, side) of the training-geometry square for an MTCNN box."""
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -188,10 +195,8 @@ class FaceDetector:
         with self._lock, torch.inference_mode():
             boxes, points = settle_boxes(self._mtcnn.onet, searched, np.array([f.box for f in faces]) * scale)
         boxes, points = boxes / scale, points / scale
-        h, w = shape[:2]
-        settled = [Face(box=(max(0.0, float(b[0])), max(0.0, float(b[1])), min(float(w), float(b[2])),
-                             min(float(h), float(b[3]))),
-                        probability=f.probability, landmarks=[(float(x), float(y)) for x, y in pts], frame=f.frame)
+        settled = [Face(box=clip_box(b, shape), probability=f.probability,
+                        landmarks=[(float(x), float(y)) for x, y in pts], frame=f.frame)
                    for f, b, pts in zip(faces, boxes, points)]
         settled.sort(key=lambda f: f.area, reverse=True)   # still largest first: settling resizes the boxes
         return settled
@@ -203,7 +208,6 @@ class FaceDetector:
         boxes = np.asarray(boxes).astype(np.float32).reshape(-1, 4) / scale
         probs = np.asarray(probs).astype(np.float32).reshape(-1)
         points = np.asarray(points).astype(np.float32).reshape(-1, 5, 2) / scale
-        h, w = shape[:2]
         faces = []
         for box, prob, pts in zip(boxes, probs, points):
             if not np.isfinite(prob) or prob < self.min_probability:
@@ -211,8 +215,7 @@ class FaceDetector:
             x1, y1, x2, y2 = box
             if x2 - x1 < 2 or y2 - y1 < 2:
                 continue
-            clipped = (max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2)))
-            faces.append(Face(box=clipped, probability=float(prob),
+            faces.append(Face(box=clip_box(box, shape), probability=float(prob),
                               landmarks=[(float(x), float(y)) for x, y in pts], frame=frame))
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces[: self.max_faces]

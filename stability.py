@@ -85,19 +85,30 @@ def stability(engine, crops: list[np.ndarray], models=None, seed: int = 0, batch
     return out
 
 
+# The re-framing check's canvases: (canvas side / crop side, dx, dy); the first is also re-saved as JPEG.
+CANVAS_PLACEMENTS = ((1.5, 0, 0), (1.45, 3, -2), (1.55, -4, 3))
+
+
+def canvas_corners(size: int) -> list[tuple[int, int]]:
+    """Where a crop of side `size` sits (top-left x, y) in each of `canvas_versions`' versions."""
+    corners = []
+    for factor, dx, dy in CANVAS_PLACEMENTS:
+        side = int(round(size * factor))
+        corners.append(((side - size) // 2 + dx, (side - size) // 2 + dy))
+    return corners + corners[:1]          # the JPEG version is the centred canvas
+
+
 def canvas_versions(crop: np.ndarray, grey: int = 128) -> list[np.ndarray]:
     """The crop on a grey canvas: 1.5x centred, 1.45x and 1.55x shifted by a few pixels, and the
     centred one re-saved as JPEG 75."""
-    def place(factor: float, dx: int, dy: int) -> np.ndarray:
-        size = crop.shape[0]
+    size = crop.shape[0]
+    versions = []
+    for (factor, _, _), (x, y) in zip(CANVAS_PLACEMENTS, canvas_corners(size)):
         side = int(round(size * factor))
         canvas = np.full((side, side, 3), grey, np.uint8)
-        x, y = (side - size) // 2 + dx, (side - size) // 2 + dy
         canvas[y:y + size, x:x + size] = crop
-        return canvas
-
-    centred = place(1.5, 0, 0)
-    return [centred, place(1.45, 3, -2), place(1.55, -4, 3), jpeg(centred)]
+        versions.append(canvas)
+    return versions + [jpeg(versions[0])]
 
 
 def reframing(engine, crops: list[np.ndarray], models=None) -> dict:

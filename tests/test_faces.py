@@ -135,11 +135,22 @@ def test_settled_boxes_move_less_when_the_same_face_is_framed_differently(astron
     assert steady_spread < 0.6 * raw_spread, (raw_spread, steady_spread)
 
 
-def test_a_followed_face_is_settled_too(astronaut):
-    """follow() ends with the same consensus as detect(): the settled box of a face does not depend
-    on whether it was found by the full search or followed from the previous frame."""
-    detector = get_face_detector()
-    searched = detector.detect([astronaut])[0]
-    followed = detector.follow(astronaut, searched)
-    assert followed is not None
-    assert box_iou(followed[0].box, searched[0].box) > 0.95
+def test_found_and_followed_faces_are_settled(astronaut):
+    """detect() and follow() both end with the box consensus: their boxes are settle_boxes of the
+    boxes MTCNN gives without it (the same weights, consensus=False), and a followed face lands where
+    the searched one did."""
+    import torch
+
+    from faces import FaceDetector, settle_boxes
+
+    detector, as_found = get_face_detector(), FaceDetector(consensus=False)
+    moved = np.ascontiguousarray(np.roll(astronaut, (6, 9), axis=(0, 1)))
+    searched, raw_searched = detector.detect([astronaut])[0], as_found.detect([astronaut])[0]
+    followed, raw_followed = detector.follow(moved, searched), as_found.follow(moved, searched)
+    assert followed is not None and raw_followed is not None
+    with torch.inference_mode():
+        for settled, raw, image in ((searched, raw_searched, astronaut), (followed, raw_followed, moved)):
+            want, _ = settle_boxes(detector._mtcnn.onet, image, np.array([f.box for f in raw]))
+            np.testing.assert_allclose([f.box for f in settled], want, atol=1e-3)
+            assert np.abs(np.subtract(settled[0].box, raw[0].box)).max() > 0.01   # settling moved it
+    assert box_iou(followed[0].box, detector.detect([moved])[0][0].box) > 0.95

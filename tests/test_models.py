@@ -197,8 +197,8 @@ def test_anti_aliasing_makes_imagenet_features_stable_under_small_shifts():
 def test_anti_aliased_efficientnet_keeps_parameter_names_and_grid():
     """EfficientNet's stride-2 convs are timm's Conv2dSame ("same" padding computed per input): the blur
     goes before each of them (stem and four depthwise convs) without renaming a parameter, so weights
-    trained without it (the shipped ones) load strictly, the output keeps its shape, and the blur is really in the path.
-    The Lite trunk of the custom models is blurred the same way."""
+    trained without it (the shipped ones) load strictly, the output keeps its shape, and the blur is
+    really in the path. The Lite trunk of the custom models is blurred the same way."""
     from timm.layers import Conv2dSame
 
     from architectures import is_blurred

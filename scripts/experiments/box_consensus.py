@@ -86,12 +86,7 @@ def main() -> int:
         found = [detector.detect([v])[0] for v in versions]
         if not all(found):
             continue
-        # The crop's top-left corner in each version (stability.canvas_versions' placement).
-        size = crop.shape[0]
-        corners = []
-        for factor, (dx, dy) in zip((1.5, 1.45, 1.55, 1.5), ((0, 0), (3, -2), (-4, 3), (0, 0))):
-            side = int(round(size * factor))
-            corners.append(((side - size) // 2 + dx, (side - size) // 2 + dy))
+        corners = stability.canvas_corners(crop.shape[0])     # the crop's top-left corner in each version
         for name, how in METHODS.items():
             if how == "oracle":
                 x1, y1, x2, y2 = found[0][0].box
