@@ -30,6 +30,11 @@ CONSENSUS_CANDIDATES = ((0.0, 0.0, 1.0),
                         (CONSENSUS_SHIFT, 0.0, 1.0), (-CONSENSUS_SHIFT, 0.0, 1.0),
                         (0.0, CONSENSUS_SHIFT, 1.0), (0.0, -CONSENSUS_SHIFT, 1.0),
                         (0.0, 0.0, 1.0 - CONSENSUS_SCALE), (0.0, 0.0, 1.0 + CONSENSUS_SCALE))
+# Boxes are settled on the full-resolution image, a face larger than this (side, px) on a patch around it
+# downscaled to it: O-Net's regressions depend on how many pixels the face has (a face settled at 55 px
+# comes out 1.8 % smaller and 1.4 % lower than at 229 px; at 220 px within 0.1 %: docs/performance.md,
+# session 11), so settling on the downscaled frame MTCNN searched made the box depend on the frame size.
+SETTLE_FACE_PX = 256
 # ---- Crop geometry (recorded in every converted model's manifest, see model_store.DEFAULT_CROP) -------
 CROP_Y_SHIFT = 0.049
 CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
@@ -120,7 +125,7 @@ class FaceDetector:
         self.min_probability = min_probability
         self.max_side = max_side
         self.max_faces = max_faces
-        self.consensus = consensus     # settle every box (settle_boxes) on the image MTCNN searched
+        self.consensus = consensus     # settle every box (settle_boxes_at_resolution) on the full-size image
         self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX,
                             thresholds=list(MTCNN_THRESHOLDS), post_process=False)
         # channels_last weights: P-Net's conv/PReLU/max-pool then run in oneDNN's fast layout
@@ -154,9 +159,8 @@ class FaceDetector:
             with self._lock, torch.inference_mode():
                 boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
             for j, i in enumerate(members):
-                results[i] = self._settled(scaled[i], scales[i], images[i].shape,
-                                           self._faces_from(boxes[j], probs[j], points[j], scales[i], indices[i],
-                                                            images[i].shape))
+                results[i] = self._settled(images[i], self._faces_from(boxes[j], probs[j], points[j], scales[i],
+                                                                       indices[i], images[i].shape))
         return results
 
     def follow(self, image: np.ndarray, previous: list[Face], frame_index: int = 0,
@@ -184,18 +188,16 @@ class FaceDetector:
             boxes, probs, points = _refine_candidates(self._mtcnn, img, torch.tensor(candidates),
                                                       MTCNN_THRESHOLDS[1:])
         faces = self._faces_from(boxes, probs, points, scale, frame_index, image.shape)
-        return self._settled(small, scale, image.shape, faces) if len(faces) >= len(previous) else None
+        return self._settled(image, faces) if len(faces) >= len(previous) else None
 
-    def _settled(self, searched: np.ndarray, scale: float, shape, faces: list[Face]) -> list[Face]:
-        """`faces` (in the caller's pixels) with their boxes and landmarks settled (`settle_boxes`) on
-        the image MTCNN searched (`searched`, the caller's image downscaled by `scale`): at most
-        DETECTION_MAX_SIDE, so the cost per face stays bounded however large the photo."""
+    def _settled(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        """`faces` with their boxes and landmarks settled on the caller's full-resolution `image`
+        (`settle_boxes_at_resolution`: the same box whatever size of frame MTCNN searched)."""
         if not self.consensus or not faces:
             return faces
         with self._lock, torch.inference_mode():
-            boxes, points = settle_boxes(self._mtcnn.onet, searched, np.array([f.box for f in faces]) * scale)
-        boxes, points = boxes / scale, points / scale
-        settled = [Face(box=clip_box(b, shape), probability=f.probability,
+            boxes, points = settle_boxes_at_resolution(self._mtcnn.onet, image, np.array([f.box for f in faces]))
+        settled = [Face(box=clip_box(b, image.shape), probability=f.probability,
                         landmarks=[(float(x), float(y)) for x, y in pts], frame=f.frame)
                    for f, b, pts in zip(faces, boxes, points)]
         settled.sort(key=lambda f: f.area, reverse=True)   # still largest first: settling resizes the boxes
@@ -309,6 +311,36 @@ def settle_boxes(onet, image: np.ndarray, boxes: np.ndarray, candidates=CONSENSU
     regressed = bbreg(squares.clone(), regression)[:, :4]
     return (regressed.reshape(n, k, 4).mean(1).numpy().astype(np.float64),
             points.reshape(n, k, 5, 2).mean(1).numpy().astype(np.float64))
+
+
+def settle_boxes_at_resolution(onet, image: np.ndarray, boxes: np.ndarray, face_px: int = SETTLE_FACE_PX):
+    """`settle_boxes` on the full-resolution `image` for faces whose side is at most `face_px`; a larger
+    face is settled on a patch around it (every consensus square inside it), downscaled so that its
+    side is `face_px`: the cost per face stays bounded however large the photo, and the box does not
+    depend on the size of the frame MTCNN searched."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    out_boxes, out_points = np.empty_like(boxes), np.empty((len(boxes), 5, 2))
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    native = sides <= face_px
+    if native.any():
+        out_boxes[native], out_points[native] = settle_boxes(onet, image, boxes[native])
+    h, w = image.shape[:2]
+    # Half the extent of the consensus squares around the box centre, in units of its side (+ a margin).
+    reach = max(abs(dx) + abs(dy) + s / 2 for dx, dy, s in CONSENSUS_CANDIDATES) + 0.05
+    for i in np.flatnonzero(~native):
+        cx, cy = (boxes[i, 0] + boxes[i, 2]) / 2, (boxes[i, 1] + boxes[i, 3]) / 2
+        x0, y0 = int(max(0, np.floor(cx - reach * sides[i]))), int(max(0, np.floor(cy - reach * sides[i])))
+        x1, y1 = int(min(w, np.ceil(cx + reach * sides[i]))), int(min(h, np.ceil(cy + reach * sides[i])))
+        patch = image[y0:y1, x0:x1]
+        f = face_px / sides[i]
+        size = (max(1, round(patch.shape[1] * f)), max(1, round(patch.shape[0] * f)))
+        small = np.ascontiguousarray(cv2.resize(patch, size, interpolation=cv2.INTER_AREA))
+        sx, sy = size[0] / patch.shape[1], size[1] / patch.shape[0]
+        scale, offset = np.array([sx, sy, sx, sy]), np.array([x0, y0, x0, y0], np.float64)
+        b, p = settle_boxes(onet, small, ((boxes[i] - offset) * scale)[None])
+        out_boxes[i] = b[0] / scale + offset
+        out_points[i] = p[0] / np.array([sx, sy]) + np.array([x0, y0])
+    return out_boxes, out_points
 
 
 @once

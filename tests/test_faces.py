@@ -137,14 +137,19 @@ def test_settled_boxes_move_less_when_the_same_face_is_framed_differently(astron
 
 def test_found_and_followed_faces_are_settled(astronaut):
     """detect() and follow() both end with the box consensus: their boxes are settle_boxes of the
-    boxes MTCNN gives without it (the same weights, consensus=False), and a followed face lands where
-    the searched one did."""
+    boxes MTCNN gives without it (the same weights, consensus=False), on the full-size image (the
+    astronaut's face is under SETTLE_FACE_PX), and a followed face lands where the searched one did."""
     import torch
 
     from faces import FaceDetector, settle_boxes
 
     detector, as_found = get_face_detector(), FaceDetector(consensus=False)
     moved = np.ascontiguousarray(np.roll(astronaut, (6, 9), axis=(0, 1)))
+    # Searched on a frame downscaled to half, settled on the full-size image all the same.
+    halved, raw_halved = detector.detect([astronaut], max_side=256)[0], as_found.detect([astronaut], max_side=256)[0]
+    with torch.inference_mode():
+        want, _ = settle_boxes(detector._mtcnn.onet, astronaut, np.array([f.box for f in raw_halved]))
+    np.testing.assert_allclose([f.box for f in halved], want, atol=1e-3)
     searched, raw_searched = detector.detect([astronaut])[0], as_found.detect([astronaut])[0]
     followed, raw_followed = detector.follow(moved, searched), as_found.follow(moved, searched)
     assert followed is not None and raw_followed is not None
@@ -154,3 +159,40 @@ def test_found_and_followed_faces_are_settled(astronaut):
             np.testing.assert_allclose([f.box for f in settled], want, atol=1e-3)
             assert np.abs(np.subtract(settled[0].box, raw[0].box)).max() > 0.01   # settling moved it
     assert box_iou(followed[0].box, detector.detect([moved])[0][0].box) > 0.95
+
+
+def test_a_large_face_is_settled_on_a_downscaled_patch(astronaut):
+    """settle_boxes_at_resolution: faces up to SETTLE_FACE_PX are settled on the image as it is; a larger
+    one on a patch around it, downscaled, and still lands on the face as settling at full size does.
+    Faces of both kinds in one call each get what they would get alone."""
+    import cv2
+    import torch
+
+    from faces import SETTLE_FACE_PX, settle_boxes, settle_boxes_at_resolution
+
+    detector = get_face_detector()
+    onet = detector._mtcnn.onet
+    huge = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)   # face side ~350 px
+    big = detector.detect([huge], max_side=1024)[0][0]
+    small = detector.detect([astronaut])[0][0]                                   # ~90 px
+    assert big.box[2] - big.box[0] > SETTLE_FACE_PX > small.box[2] - small.box[0]
+    with torch.inference_mode():
+        at_full, _ = settle_boxes(onet, huge, np.array([big.box]))
+        bounded, points = settle_boxes_at_resolution(onet, huge, np.array([big.box]))
+        unbounded, _ = settle_boxes_at_resolution(onet, huge, np.array([big.box]), face_px=4096)
+        native, _ = settle_boxes_at_resolution(onet, astronaut, np.array([small.box]))
+        native_want, _ = settle_boxes(onet, astronaut, np.array([small.box]))
+        # One image holding both: the astronaut pasted, at its size, into the corner of the upscaled one.
+        both_image = huge.copy()
+        both_image[1500:2012, 1500:2012] = astronaut
+        moved_small = np.add(small.box, 1500)
+        both, _ = settle_boxes_at_resolution(onet, both_image, np.array([big.box, moved_small]))
+        alone, _ = settle_boxes_at_resolution(onet, both_image, np.array([moved_small]))
+    np.testing.assert_allclose(unbounded, at_full, atol=1e-3)     # nothing downscaled below the bound
+    np.testing.assert_allclose(native, native_want, atol=1e-3)
+    assert not np.allclose(bounded, at_full, atol=0.5)           # the large face really was downscaled
+    assert box_iou(bounded[0], at_full[0]) > 0.97
+    x1, y1, x2, y2 = bounded[0]
+    assert ((points[0, :, 0] > x1) & (points[0, :, 0] < x2) & (points[0, :, 1] > y1) & (points[0, :, 1] < y2)).all()
+    np.testing.assert_allclose(both[0], bounded[0], atol=1e-3)
+    np.testing.assert_allclose(both[1], alone[0], atol=1e-3)
