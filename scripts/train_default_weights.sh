@@ -87,6 +87,13 @@ train cnn_transformer "${SESSION7[@]}" --epochs 4 --arch-arg anti_alias=1 --init
 # recovered cnn_transformer; the time budget stopped it after four epochs (shipped: epoch 4).
 train cross_attention "${SESSION7[@]}" --epochs 6 --arch-arg anti_alias=1 \
     --init-weights "$SESSION7_MODELS/cross_attention.safetensors" --lr 1e-4 --trunk-lr 1e-4 --output-dir "$OUT/ca9" --time-budget 75
+# Session 10: efficientnet with the anti-aliased trunk, from its session-7 conversion: four epochs at the
+# rates that recovered the custom models (the time budget stopped it), then two at 3e-5 from its best
+# epoch (shipped: the anneal's first epoch).
+train efficientnet "${SESSION7[@]}" --epochs 6 --arch-arg anti_alias=1 \
+    --init-weights "$SESSION7_MODELS/efficientnet.safetensors" --lr 1e-4 --trunk-lr 1e-4 --output-dir "$OUT/eff10" --time-budget 80
+train efficientnet "${SESSION7[@]}" --arch-arg anti_alias=1 --init-weights "$OUT/eff10/efficientnet/best.pt" \
+    --lr 3e-5 --trunk-lr 3e-5 --output-dir "$OUT/eff10_anneal" --time-budget 32
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -98,3 +105,4 @@ echo "== all trained"
 # Session 7: the voters that ship are converted from "$OUT"/{ct7,ca7,eff7}/<key>/best.pt, then --ensemble.
 # Session 8: cnn_transformer is converted from "$OUT/ct8/cnn_transformer/best.pt", then --ensemble.
 # Session 9: cross_attention is converted from "$OUT/ca9/cross_attention/best.pt", then --ensemble.
+# Session 10: efficientnet is converted from "$OUT/eff10_anneal/efficientnet/best.pt", then --ensemble.
