@@ -16,7 +16,7 @@ Workloads (docs/performance.md has the figures and how they were measured):
                   With the ONNX cache filled (the normal start) and, in the full run, empty (first start).
 The naive baseline (below) runs (a) and (b) the way a straightforward script would: every frame
 decoded in order, a new MTCNN per frame, detection at full resolution, every model run on one face at
-a time in eager PyTorch (fp32, no channels_last), with the same box consensus (faces.settle_boxes_at_resolution, on
+a time in eager PyTorch (fp32, no channels_last), with the same box consensus (faces.settle_boxes_at_face_size, on
 the full-size frame), the same crop geometry and the same calibrated ensemble. The two must agree,
 or the benchmark exits with status 1 (see `compare`): the same faces in every frame; the naive's
 crops scored by ours within 1e-3 of the naive's probabilities; and no systematic end-to-end
@@ -230,7 +230,7 @@ class Naive:
     def faces_in(self, frame: np.ndarray, index: int) -> list:
         import torch
 
-        from faces import MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, clip_box, crop_face, settle_boxes_at_resolution
+        from faces import MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, clip_box, crop_face, settle_boxes_at_face_size
         from pipeline import FaceRecord
         from scoring import prepare_batch
 
@@ -246,9 +246,9 @@ class Naive:
                     continue
                 found.append(Face(box=(max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)),
                                   probability=float(prob), frame=index))
-        if found:   # the analysis's box consensus (faces.settle_boxes_at_resolution), on the full-size frame
+        if found:   # the analysis's box consensus (faces.settle_boxes_at_face_size), on the full-size frame
             with torch.no_grad():
-                settled, _ = settle_boxes_at_resolution(mtcnn.onet, frame, np.array([f.box for f in found]))
+                settled, _ = settle_boxes_at_face_size(mtcnn.onet, frame, np.array([f.box for f in found]))
             found = [Face(box=clip_box(b, frame.shape), probability=f.probability, frame=index)
                      for f, b in zip(found, settled)]
         found.sort(key=lambda f: f.area, reverse=True)

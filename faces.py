@@ -30,11 +30,12 @@ CONSENSUS_CANDIDATES = ((0.0, 0.0, 1.0),
                         (CONSENSUS_SHIFT, 0.0, 1.0), (-CONSENSUS_SHIFT, 0.0, 1.0),
                         (0.0, CONSENSUS_SHIFT, 1.0), (0.0, -CONSENSUS_SHIFT, 1.0),
                         (0.0, 0.0, 1.0 - CONSENSUS_SCALE), (0.0, 0.0, 1.0 + CONSENSUS_SCALE))
-# Boxes are settled on the full-resolution image, a face larger than this (side, px) on a patch around it
-# downscaled to it: O-Net's regressions depend on how many pixels the face has (a face settled at 55 px
-# comes out 1.8 % smaller and 1.4 % lower than at 229 px; at 220 px within 0.1 %: docs/performance.md,
-# session 11), so settling on the downscaled frame MTCNN searched made the box depend on the frame size.
-SETTLE_FACE_PX = 256
+# Every box is settled on a patch of the full-resolution image resampled so that the face's side is this
+# many px: O-Net's regressions depend on how many pixels the face has (a face settled at 55 px comes out
+# 1.8 % smaller and 1.4 % lower than at 229 px), and not once it is resampled to a common size (the same
+# 55 px face upscaled to 224 px: within 0.1 %; docs/performance.md, session 11). The `dfdc-faces`
+# geometry was measured on faces of this order (crops upscaled to 224 px, GUIDE.md section 3).
+SETTLE_FACE_PX = 224
 # ---- Crop geometry (recorded in every converted model's manifest, see model_store.DEFAULT_CROP) -------
 CROP_Y_SHIFT = 0.049
 CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
@@ -125,7 +126,7 @@ class FaceDetector:
         self.min_probability = min_probability
         self.max_side = max_side
         self.max_faces = max_faces
-        self.consensus = consensus     # settle every box (settle_boxes_at_resolution) on the full-size image
+        self.consensus = consensus     # settle every box (settle_boxes_at_face_size) on the full-size image
         self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE_SIZE_PX,
                             thresholds=list(MTCNN_THRESHOLDS), post_process=False)
         # channels_last weights: P-Net's conv/PReLU/max-pool then run in oneDNN's fast layout
@@ -192,11 +193,12 @@ class FaceDetector:
 
     def _settled(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
         """`faces` with their boxes and landmarks settled on the caller's full-resolution `image`
-        (`settle_boxes_at_resolution`: the same box whatever size of frame MTCNN searched)."""
+        (`settle_boxes_at_face_size`: the same box whatever size of frame MTCNN searched and however
+        many pixels the face has)."""
         if not self.consensus or not faces:
             return faces
         with self._lock, torch.inference_mode():
-            boxes, points = settle_boxes_at_resolution(self._mtcnn.onet, image, np.array([f.box for f in faces]))
+            boxes, points = settle_boxes_at_face_size(self._mtcnn.onet, image, np.array([f.box for f in faces]))
         settled = [Face(box=clip_box(b, image.shape), probability=f.probability,
                         landmarks=[(float(x), float(y)) for x, y in pts], frame=f.frame)
                    for f, b, pts in zip(faces, boxes, points)]
@@ -313,31 +315,29 @@ def settle_boxes(onet, image: np.ndarray, boxes: np.ndarray, candidates=CONSENSU
             points.reshape(n, k, 5, 2).mean(1).numpy().astype(np.float64))
 
 
-def settle_boxes_at_resolution(onet, image: np.ndarray, boxes: np.ndarray, face_px: int = SETTLE_FACE_PX):
-    """`settle_boxes` on the full-resolution `image` for faces whose side is at most `face_px`; a larger
-    face is settled on a patch around it (every consensus square inside it), downscaled so that its
-    side is `face_px`: the cost per face stays bounded however large the photo, and the box does not
-    depend on the size of the frame MTCNN searched."""
+def settle_boxes_at_face_size(onet, image: np.ndarray, boxes: np.ndarray, face_px: int = SETTLE_FACE_PX):
+    """`settle_boxes` for each face on a patch of the full-resolution `image` around it (every
+    consensus square inside it), resampled so that the face's side is `face_px` (area filter down,
+    bicubic up): the box then depends neither on the size of the frame MTCNN searched nor on how
+    many pixels the face has, and the cost per face stays bounded however large the photo."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     out_boxes, out_points = np.empty_like(boxes), np.empty((len(boxes), 5, 2))
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    native = sides <= face_px
-    if native.any():
-        out_boxes[native], out_points[native] = settle_boxes(onet, image, boxes[native])
     h, w = image.shape[:2]
     # Half the extent of the consensus squares around the box centre, in units of its side (+ a margin).
     reach = max(abs(dx) + abs(dy) + s / 2 for dx, dy, s in CONSENSUS_CANDIDATES) + 0.05
-    for i in np.flatnonzero(~native):
+    for i, side in enumerate(sides):
         cx, cy = (boxes[i, 0] + boxes[i, 2]) / 2, (boxes[i, 1] + boxes[i, 3]) / 2
-        x0, y0 = int(max(0, np.floor(cx - reach * sides[i]))), int(max(0, np.floor(cy - reach * sides[i])))
-        x1, y1 = int(min(w, np.ceil(cx + reach * sides[i]))), int(min(h, np.ceil(cy + reach * sides[i])))
+        x0, y0 = int(max(0, np.floor(cx - reach * side))), int(max(0, np.floor(cy - reach * side)))
+        x1, y1 = int(min(w, np.ceil(cx + reach * side))), int(min(h, np.ceil(cy + reach * side)))
         patch = image[y0:y1, x0:x1]
-        f = face_px / sides[i]
+        f = face_px / max(float(side), 1.0)
         size = (max(1, round(patch.shape[1] * f)), max(1, round(patch.shape[0] * f)))
-        small = np.ascontiguousarray(cv2.resize(patch, size, interpolation=cv2.INTER_AREA))
+        resampled = np.ascontiguousarray(cv2.resize(patch, size, interpolation=cv2.INTER_AREA if f < 1
+                                                    else cv2.INTER_CUBIC))
         sx, sy = size[0] / patch.shape[1], size[1] / patch.shape[0]
         scale, offset = np.array([sx, sy, sx, sy]), np.array([x0, y0, x0, y0], np.float64)
-        b, p = settle_boxes(onet, small, ((boxes[i] - offset) * scale)[None])
+        b, p = settle_boxes(onet, resampled, ((boxes[i] - offset) * scale)[None])
         out_boxes[i] = b[0] / scale + offset
         out_points[i] = p[0] / np.array([sx, sy]) + np.array([x0, y0])
     return out_boxes, out_points

@@ -34,13 +34,19 @@ from evaluate import _read_crop  # noqa: E402
 SIZES = (40, 55, 70, 90, 110, 140, 180, 220)
 
 
-def settled_at(onet, image: np.ndarray, box: np.ndarray, side_px: float) -> np.ndarray:
-    """`box` settled on `image` downscaled so that the box's side is `side_px`, in `image`'s pixels."""
+def settled_at(onet, image: np.ndarray, box: np.ndarray, side_px: float, upscale_to: float | None = None) -> np.ndarray:
+    """`box` settled on `image` downscaled so that the box's side is `side_px` (then, with `upscale_to`,
+    upscaled again, bicubic, so that it is `upscale_to` px: the same few pixels, more of them), in
+    `image`'s pixels."""
     side = float(np.mean([box[2] - box[0], box[3] - box[1]]))
     s = min(1.0, side_px / side)
     h, w = image.shape[:2]
     size = (max(1, round(w * s)), max(1, round(h * s)))
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if s < 1 else image
+    if upscale_to:
+        up = upscale_to / side_px
+        size = (round(size[0] * up), round(size[1] * up))
+        small = cv2.resize(small, size, interpolation=cv2.INTER_CUBIC)
     sx, sy = size[0] / w, size[1] / h
     scale = np.array([sx, sy, sx, sy])
     with torch.inference_mode():
@@ -54,6 +60,8 @@ def main() -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--upscale-to", type=float, default=None,
+                   help="upscale each downscaled canvas again (bicubic) until the face is this many px")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     records = data_handler.load_records(a.data_dir, seed=0)
@@ -75,7 +83,7 @@ def main() -> int:
         ref_side = float(np.mean([ref[2] - ref[0], ref[3] - ref[1]]))
         sides.append(ref_side)
         for t in SIZES:
-            b = settled_at(onet, canvas, box, t)
+            b = settled_at(onet, canvas, box, t, a.upscale_to)
             ratios[t].append(float(np.mean([b[2] - b[0], b[3] - b[1]])) / ref_side)
             dx[t].append(((b[0] + b[2]) - (ref[0] + ref[2])) / 2 / ref_side)
             dy[t].append(((b[1] + b[3]) - (ref[1] + ref[3])) / 2 / ref_side)
