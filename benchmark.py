@@ -16,8 +16,8 @@ Workloads (docs/performance.md has the figures and how they were measured):
                   With the ONNX cache filled (the normal start) and, in the full run, empty (first start).
 The naive baseline (below) runs (a) and (b) the way a straightforward script would: every frame
 decoded in order, a new MTCNN per frame, detection at full resolution, every model run on one face at
-a time in eager PyTorch (fp32, no channels_last), with the same box consensus (faces.settle_boxes_at_face_size, on
-the full-size frame), the same crop geometry and the same calibrated ensemble. The two must agree,
+a time in eager PyTorch (fp32, no channels_last), with the same box consensus
+(faces.settle_boxes_at_face_size, on the full-size frame), the same crop geometry and the same calibrated ensemble. The two must agree,
 or the benchmark exits with status 1 (see `compare`): the same faces in every frame; the naive's
 crops scored by ours within 1e-3 of the naive's probabilities; and no systematic end-to-end
 difference (mean per-face and file-score difference within --tolerance, or within 3 standard errors
@@ -230,7 +230,8 @@ class Naive:
     def faces_in(self, frame: np.ndarray, index: int) -> list:
         import torch
 
-        from faces import MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, clip_box, crop_face, settle_boxes_at_face_size
+        from faces import (MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, clip_box, crop_face,
+                           settle_boxes_at_face_size)
         from pipeline import FaceRecord
         from scoring import prepare_batch
 

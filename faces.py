@@ -36,6 +36,9 @@ CONSENSUS_CANDIDATES = ((0.0, 0.0, 1.0),
 # 55 px face upscaled to 224 px: within 0.1 %; docs/performance.md, session 11). The `dfdc-faces`
 # geometry was measured on faces of this order (crops upscaled to 224 px, GUIDE.md section 3).
 SETTLE_FACE_PX = 224
+# How far the consensus squares reach from a box's centre, in units of its side (+ a margin): the patch
+# a face is settled on holds all of them, so none is cut short by the patch's edge.
+CONSENSUS_REACH = max(abs(dx) + abs(dy) + s / 2 for dx, dy, s in CONSENSUS_CANDIDATES) + 0.05
 # ---- Crop geometry (recorded in every converted model's manifest, see model_store.DEFAULT_CROP) -------
 CROP_Y_SHIFT = 0.049
 CANONICAL_CROP_SIZE = 224  # the dataset's crop size; each model then resizes to its own input
@@ -113,7 +116,7 @@ def mtcnn_input(images: list[np.ndarray]) -> torch.Tensor:
 
 class FaceDetector:
     """Batched MTCNN; frames are downscaled to at most DETECTION_MAX_SIDE for speed, boxes mapped back.
-    Every box is then settled (`settle_boxes`; `consensus=False` keeps MTCNN's boxes as found).
+    Every box is then settled (`settle_boxes_at_face_size`; `consensus=False` keeps MTCNN's boxes as found).
 
     MTCNN is not re-entrant (its modules are shared), so calls are serialised by a lock; the detector
     is built once per process and reused.
@@ -324,12 +327,10 @@ def settle_boxes_at_face_size(onet, image: np.ndarray, boxes: np.ndarray, face_p
     out_boxes, out_points = np.empty_like(boxes), np.empty((len(boxes), 5, 2))
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     h, w = image.shape[:2]
-    # Half the extent of the consensus squares around the box centre, in units of its side (+ a margin).
-    reach = max(abs(dx) + abs(dy) + s / 2 for dx, dy, s in CONSENSUS_CANDIDATES) + 0.05
     for i, side in enumerate(sides):
-        cx, cy = (boxes[i, 0] + boxes[i, 2]) / 2, (boxes[i, 1] + boxes[i, 3]) / 2
-        x0, y0 = int(max(0, np.floor(cx - reach * side))), int(max(0, np.floor(cy - reach * side)))
-        x1, y1 = int(min(w, np.ceil(cx + reach * side))), int(min(h, np.ceil(cy + reach * side)))
+        cx, cy, reach = (boxes[i, 0] + boxes[i, 2]) / 2, (boxes[i, 1] + boxes[i, 3]) / 2, CONSENSUS_REACH * side
+        x0, y0 = int(max(0, np.floor(cx - reach))), int(max(0, np.floor(cy - reach)))
+        x1, y1 = int(min(w, np.ceil(cx + reach))), int(min(h, np.ceil(cy + reach)))
         patch = image[y0:y1, x0:x1]
         f = face_px / max(float(side), 1.0)
         size = (max(1, round(patch.shape[1] * f)), max(1, round(patch.shape[0] * f)))

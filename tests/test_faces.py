@@ -178,11 +178,13 @@ def test_the_settled_box_does_not_depend_on_how_many_pixels_the_face_has(astrona
     def geometry(b):   # centre x, centre y, side
         return np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, ((b[2] - b[0]) + (b[3] - b[1])) / 2])
 
-    settled, as_it_is = {}, {}
+    settled, as_it_is, first_alone = {}, {}, None
     with torch.inference_mode():
         for k in (0.5, 1.0, 2.0, 4.0):
             image = cv2.resize(astronaut, None, fx=k, fy=k, interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_CUBIC)
-            settled[k] = geometry(settle_boxes_at_face_size(onet, image, (box * k)[None])[0][0] / k)
+            at_size = settle_boxes_at_face_size(onet, image, (box * k)[None])[0][0]
+            first_alone = at_size if k == 1.0 else first_alone
+            settled[k] = geometry(at_size / k)
             as_it_is[k] = geometry(settle_boxes(onet, image, (box * k)[None])[0][0] / k)
         # Two faces in one image: the astronaut and, beside it, the same photo at half size.
         pair = np.zeros((512, 768, 3), np.uint8)
@@ -195,4 +197,5 @@ def test_the_settled_box_does_not_depend_on_how_many_pixels_the_face_has(astrona
     for k in (0.5, 1.0, 2.0):
         assert np.abs(settled[k] - reference).max() < 0.01 * reference[2], (k, settled[k], reference)
     assert as_it_is[0.5][2] < 0.98 * reference[2]
+    np.testing.assert_allclose(both[0], first_alone, atol=1e-3)
     np.testing.assert_allclose(both[1], alone[0], atol=1e-3)
