@@ -75,6 +75,11 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
                    help="weight of a consistency term: each face is augmented twice (two box jitters, filters, "
                         "JPEG...) and the symmetric KL divergence between the two predictions is added to the "
                         "loss, so that a re-framed face keeps its score (issue 11)")
+    p.add_argument("--consistency-form", choices=("kl", "relative"), default="kl",
+                   help="kl: the symmetric KL divergence of the views' predictions (session 7; a model can "
+                        "lower it by shrinking all its logits, which calibration undoes); relative: the "
+                        "views' logit variance within each face over the batch's whole logit variance, "
+                        "which no rescaling of the logits changes, so only agreeing views lower it")
     p.add_argument("--views", type=int, default=None,
                    help="augmented views of each face per step (default 2 with --consistency, else 1); "
                         "--views 2 --consistency 0 is the control arm with the same images and compute")
@@ -297,13 +302,24 @@ class Trainer:
         pairs = logits.shape[1] * (logits.shape[1] - 1)
         return (dp * dz).sum(dim=(1, 2)).mean() / pairs
 
+    @staticmethod
+    def relative_consistency_loss(logits: torch.Tensor) -> torch.Tensor:
+        """The share of the batch's logit variance that lies between the views of one face; `logits`
+        has shape (faces, views). It is 0 when every face's views agree and 1 when the faces differ no
+        more than their views, and it does not change when all logits are multiplied by a constant:
+        calibration divides the logits by a fitted temperature, so what users see moves with this ratio,
+        not with the KL divergence, which a model lowers by shrinking its logits (session 7)."""
+        within = logits.var(dim=1, unbiased=False).mean()
+        total = logits.flatten().var(unbiased=False)
+        return within / (total + 1e-6)
+
     def _train_epoch(self, epoch: int) -> dict:
         self.net.train()
         loader = self._train_loader(epoch)
         if self.args.log_samples:
             atomic_write_json(self.out_dir / f"samples-rank{self.rank}-epoch{epoch + 1}.json",
                               {"rank": self.rank, "indices": [int(i) for i in loader.sampler]})
-        total, count, correct, disagreement = 0.0, 0, 0, 0.0
+        total, count, correct, disagreement, relative = 0.0, 0, 0, 0.0, 0.0
         start = time.time()
         for step, (images, labels, teacher) in enumerate(loader):
             self._warm_up(epoch * len(loader) + step)
@@ -320,9 +336,12 @@ class Trainer:
             if self.views > 1:
                 # Measured in the control arm too (--views 2 without --consistency), so the two compare.
                 divergence = self.consistency_loss(logits.view(-1, self.views))
+                shared = self.relative_consistency_loss(logits.view(-1, self.views))
                 disagreement += float(divergence.detach()) * len(labels)
+                relative += float(shared.detach()) * len(labels)
                 if self.args.consistency:
-                    loss = loss + self.args.consistency * divergence
+                    term = shared if self.args.consistency_form == "relative" else divergence
+                    loss = loss + self.args.consistency * term
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.args.clip_grad:
@@ -336,8 +355,10 @@ class Trainer:
             count += len(labels)
             correct += int(((logits > 0).float() == labels).sum())
             if self.is_main and (step + 1) % 50 == 0:
-                log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch + 1, step + 1, len(loader),
-                         total / count, count * self.world / (time.time() - start))
+                log.info("epoch %d step %d/%d loss %.4f%s (%.1f img/s)", epoch + 1, step + 1, len(loader),
+                         total / count,
+                         f" views: KL {disagreement / count:.4f}, variance share {relative / count:.4f}"
+                         if self.views > 1 else "", count * self.world / (time.time() - start))
         if self.distributed:
             # DDP keeps parameters in sync but each rank's last forward updated its own BatchNorm
             # statistics: take rank 0's so every rank validates and saves the same model.
@@ -350,6 +371,7 @@ class Trainer:
                    "train_images_per_s": count * self.world / max(time.time() - start, 1e-9)}
         if self.views > 1:
             figures["train_view_divergence"] = disagreement / max(count, 1)
+            figures["train_view_variance_share"] = relative / max(count, 1)
         return figures
 
     def _warm_up(self, global_step: int) -> None:
@@ -537,7 +559,8 @@ class Trainer:
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
                 "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
-                "views": self.views, "consistency": a.consistency, "ema": a.ema,
+                "views": self.views, "consistency": a.consistency,
+                "consistency_form": a.consistency_form, "ema": a.ema,
                 "teacher": a.teacher, "init_weights": a.init_weights,
                 "init_weights_sha256": getattr(self, "init_weights_sha256", None), "seed": a.seed, "world_size": self.world,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}

@@ -40,3 +40,33 @@ def test_three_views_average_over_pairs():
     logits = torch.tensor([[1.0, 0.0, -1.0]])
     pairs = [Trainer.consistency_loss(logits[:, [i, j]]) for i, j in ((0, 1), (0, 2), (1, 2))]
     assert math.isclose(float(Trainer.consistency_loss(logits)), float(sum(pairs) / 3), rel_tol=1e-6)
+
+
+def test_relative_consistency_is_the_share_of_variance_within_faces():
+    logits = torch.tensor([[2.0, 1.0], [-1.0, -2.0], [0.0, 0.0]])
+    within = ((0.5 ** 2) + (0.5 ** 2) + 0.0) / 3                  # each face's views around their mean
+    total = float(logits.flatten().var(unbiased=False))
+    assert math.isclose(float(Trainer.relative_consistency_loss(logits)), within / total, rel_tol=1e-4)
+    assert float(Trainer.relative_consistency_loss(torch.tensor([[1.0, 1.0], [-3.0, -3.0]]))) == 0.0
+    # Faces that differ no more than their views: everything is within faces.
+    assert math.isclose(float(Trainer.relative_consistency_loss(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))), 1.0,
+                        rel_tol=1e-4)
+
+
+def test_relative_consistency_cannot_be_lowered_by_shrinking_the_logits():
+    """The KL form can (session 7: the model's temperature fell to 0.62 and calibration undid it)."""
+    logits = torch.tensor([[2.0, 1.2], [-1.5, -0.5], [3.0, 2.0], [-2.0, -2.4]])
+    relative = float(Trainer.relative_consistency_loss(logits))
+    for factor in (0.25, 4.0):
+        assert math.isclose(float(Trainer.relative_consistency_loss(logits * factor)), relative, rel_tol=1e-4)
+    assert float(Trainer.consistency_loss(logits * 0.25)) < float(Trainer.consistency_loss(logits)) / 4
+    scaled = (logits * 1.0).requires_grad_(True)
+    Trainer.relative_consistency_loss(scaled).backward()
+    # No gradient along the logits themselves (the direction of a rescaling).
+    assert abs(float((scaled.grad * logits).sum())) < 1e-5
+
+
+def test_relative_consistency_pulls_a_face_s_views_together():
+    logits = torch.tensor([[2.0, 0.0], [-2.0, -2.0], [3.0, 3.0]], requires_grad=True)
+    Trainer.relative_consistency_loss(logits).backward()
+    assert logits.grad[0, 0] > 0 > logits.grad[0, 1]
