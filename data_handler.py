@@ -201,12 +201,18 @@ class BoxJitter:
 
     def __init__(self, size: int, shift: float = 0.08, scale: float = 0.10):
         self.size, self.shift, self.scale = size, shift, scale
+        # Where the jitter and filter are drawn from: torch's global generator, unless a caller sets
+        # its own (FaceCropDataset's framing-only views replay every other augmentation).
+        self.generator: torch.Generator | None = None
+
+    def _uniform(self, low: float, high: float) -> float:
+        return float(torch.empty(1).uniform_(low, high, generator=self.generator))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         _, h, w = image.shape
-        side = min(h, w) * (1.0 + float(torch.empty(1).uniform_(-self.scale, self.scale)))
-        cx = w / 2 + float(torch.empty(1).uniform_(-self.shift, self.shift)) * side
-        cy = h / 2 + float(torch.empty(1).uniform_(-self.shift, self.shift)) * side
+        side = min(h, w) * (1.0 + self._uniform(-self.scale, self.scale))
+        cx = w / 2 + self._uniform(-self.shift, self.shift) * side
+        cy = h / 2 + self._uniform(-self.shift, self.shift) * side
         left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
         side_px = max(int(round(side)), 8)
         pad = max(0, -left, -top, left + side_px - w, top + side_px - h)
@@ -215,7 +221,7 @@ class BoxJitter:
             image = v2.functional.pad(image, [pad, pad, pad, pad], padding_mode="reflect")
             left, top = left + pad, top + pad
         image = v2.functional.crop(image, top, left, side_px, side_px)
-        interpolation = (v2.InterpolationMode.BILINEAR if torch.rand(1).item() < 0.5
+        interpolation = (v2.InterpolationMode.BILINEAR if self._uniform(0.0, 1.0) < 0.5
                          else v2.InterpolationMode.BICUBIC)
         return v2.functional.resize(image, [self.size, self.size], interpolation=interpolation, antialias=True)
 
@@ -277,14 +283,23 @@ def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class FaceCropDataset(Dataset):
     """(normalised image tensor, float label) pairs from a CachedSplit; optional self-blended fakes.
 
-    With `views` > 1 each item is the same face augmented `views` times independently (a tensor of
-    shape (views, C, H, W)), so that training can ask the model to score the views alike."""
+    With `views` > 1 each item is the same face augmented `views` times (a tensor of shape
+    (views, C, H, W)), so that training can ask the model to score the views alike: independently
+    (`view_difference="all"`), or with every augmentation shared but the box jitter and its resize
+    filter (`"framing"`: the views are one upload cut as two detector boxes, what the re-cut and
+    re-framing checks measure, and a consistency term then asks for exactly that invariance)."""
 
     def __init__(self, split: CachedSplit, transform, sbi_probability: float = 0.0, seed: int = 0,
-                 teacher_logits: np.ndarray | None = None, views: int = 1):
+                 teacher_logits: np.ndarray | None = None, views: int = 1, view_difference: str = "all"):
         self.split = split
         self.transform = transform
         self.views = views
+        if view_difference not in ("all", "framing"):
+            raise ValueError(f"view_difference must be 'all' or 'framing', not {view_difference!r}")
+        self.view_difference = view_difference
+        self.box_jitter = next((t for t in getattr(transform, "transforms", []) if isinstance(t, BoxJitter)), None)
+        if view_difference == "framing" and self.box_jitter is None:
+            raise ValueError("framing-only views need a transform with a BoxJitter")
         self.sbi_probability = sbi_probability
         self.seed = seed
         self.epoch = 0
@@ -305,7 +320,25 @@ class FaceCropDataset(Dataset):
             if rng.random() < self.sbi_probability:
                 image, label, teacher = self_blend(image, rng), 1.0, math.nan
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if self.views > 1 and self.view_difference == "framing":
+            return self._framing_views(tensor, index), torch.tensor(label), torch.tensor(teacher)
         if self.views > 1:
             views = torch.stack([self.transform(tensor) for _ in range(self.views)])
             return views, torch.tensor(label), torch.tensor(teacher)
         return self.transform(tensor), torch.tensor(label), torch.tensor(teacher)
+
+    def _framing_views(self, tensor: torch.Tensor, index: int) -> torch.Tensor:
+        """The transform run `views` times from one state of torch's generator (same flip, colour,
+        JPEG and blur), with the box jitter drawn from a generator of this item and epoch (so a
+        resumed run draws the same boxes)."""
+        state = torch.get_rng_state()
+        self.box_jitter.generator = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        try:
+            views = []
+            for _ in range(self.views):
+                torch.set_rng_state(state)
+                views.append(self.transform(tensor))
+        finally:
+            self.box_jitter.generator = None
+        return torch.stack(views)

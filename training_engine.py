@@ -83,6 +83,10 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=None,
                    help="augmented views of each face per step (default 2 with --consistency, else 1); "
                         "--views 2 --consistency 0 is the control arm with the same images and compute")
+    p.add_argument("--views-differ", choices=("all", "framing"), default="all",
+                   help="all: each view is augmented independently; framing: the views share flip, colour, "
+                        "JPEG and blur and differ only in the box jitter and resize filter, so a consistency "
+                        "term asks for invariance to how the detector cut the face (issue 11)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights (decay per step, e.g. 0.998); "
                         "it is what is validated, checkpointed and converted (the raw weights are "
@@ -207,7 +211,8 @@ class Trainer:
         mean, std = self.spec.normalisation(self.arch_args)
         self.train_set = data_handler.FaceCropDataset(
             train, data_handler.train_transform(a.input_size, mean, std),
-            sbi_probability=a.sbi, seed=a.seed, teacher_logits=teacher, views=self.views)
+            sbi_probability=a.sbi, seed=a.seed, teacher_logits=teacher, views=self.views,
+            view_difference=a.views_differ)
         self.val_set = data_handler.FaceCropDataset(
             val, data_handler.eval_transform(a.input_size, mean, std))
         self.n_train, self.n_val = len(train.labels), len(val.labels)
@@ -560,7 +565,7 @@ class Trainer:
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
                 "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
                 "views": self.views, "consistency": a.consistency,
-                "consistency_form": a.consistency_form, "ema": a.ema,
+                "consistency_form": a.consistency_form, "views_differ": a.views_differ, "ema": a.ema,
                 "teacher": a.teacher, "init_weights": a.init_weights,
                 "init_weights_sha256": getattr(self, "init_weights_sha256", None), "seed": a.seed, "world_size": self.world,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}

@@ -122,3 +122,43 @@ def test_two_views_of_a_face_are_augmented_independently():
     assert not torch.equal(views[0], views[1])             # two draws of the augmentation, not a copy
     single, _, _ = data_handler.FaceCropDataset(split, transform)[1]
     assert single.shape == (3, 48, 48)                      # one view keeps the old shape
+
+
+def test_framing_views_share_every_augmentation_but_the_box():
+    """--views-differ framing: one upload cut as two detector boxes (same flip, colour, JPEG, blur)."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 40, (24, 64, 64, 3), dtype=np.uint8)
+    images[:, :, :32] += 180                                 # bright left half: a flip shows
+    split = data_handler.CachedSplit(images, np.zeros(24), [str(i) for i in range(24)],
+                                     [str(i) for i in range(24)], 0)
+    transform = data_handler.train_transform(48, (0.5,) * 3, (0.5,) * 3)
+
+    def flipped(view):
+        return bool(view[:, :, :24].mean() < view[:, :, 24:].mean())
+
+    torch.manual_seed(0)
+    framing = data_handler.FaceCropDataset(split, transform, views=2, view_difference="framing")
+    independent = data_handler.FaceCropDataset(split, transform, views=2)
+    pairs = [framing[i][0] for i in range(24)]
+    assert all(flipped(a) == flipped(b) for a, b in pairs)                      # the same flip
+    assert sum(flipped(a) for a, _ in pairs) not in (0, 24)                     # and flips do happen
+    assert all(not torch.equal(a, b) for a, b in pairs)                         # but two boxes
+    brightness_gap = np.mean([abs(float(a.mean() - b.mean())) for a, b in pairs])
+    others = [independent[i][0] for i in range(24)]
+    assert any(flipped(a) != flipped(b) for a, b in others)
+    assert brightness_gap < np.mean([abs(float(a.mean() - b.mean())) for a, b in others]) / 2
+    # The boxes are the item's and the epoch's (flip and colour come from torch's global generator):
+    # with that generator in the same state, the same pair again; in the next epoch, other boxes.
+    torch.manual_seed(5)
+    again = framing[3][0]
+    torch.manual_seed(5)
+    assert torch.equal(framing[3][0], again)
+    framing.set_epoch(1)
+    torch.manual_seed(5)
+    assert not torch.equal(framing[3][0], again)
+    assert framing.box_jitter.generator is None             # single views draw from torch's generator again
+    with pytest.raises(ValueError):
+        data_handler.FaceCropDataset(split, data_handler.eval_transform(48, (0.5,) * 3, (0.5,) * 3), views=2,
+                                     view_difference="framing")

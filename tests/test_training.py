@@ -80,16 +80,17 @@ def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_pat
     assert earlier["test_auc"] == before["metrics"]["test"]["auc"]
 
 
-@pytest.mark.parametrize("form", ["kl", "relative"])
-def test_consistency_training_sees_two_views_and_records_their_divergence(form, dataset, tmp_path):
+@pytest.mark.parametrize("form, differ", [("kl", "all"), ("relative", "framing")])
+def test_consistency_training_sees_two_views_and_records_their_divergence(form, differ, dataset, tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.run(train_cmd("cnn_transformer", dataset, out, tmp_path / "cache", "--epochs", "1",
-                                    "--no-mlflow", "--consistency", "1", "--consistency-form", form),
+                                    "--no-mlflow", "--consistency", "1", "--consistency-form", form,
+                                    "--views-differ", differ),
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "cnn_transformer" / "summary.json").read_text())
     assert summary["config"]["views"] == 2 and summary["config"]["consistency"] == 1.0
-    assert summary["config"]["consistency_form"] == form
+    assert summary["config"]["consistency_form"] == form and summary["config"]["views_differ"] == differ
     assert summary["history"][0]["train_view_divergence"] > 0
     assert 0 < summary["history"][0]["train_view_variance_share"] <= 1
     if form == "relative":
