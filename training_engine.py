@@ -189,6 +189,9 @@ class Trainer:
         self.views = args.views or (2 if args.consistency else 1)
         if args.consistency and self.views < 2:
             raise SystemExit("--consistency needs at least two views of each face (--views 2)")
+        if args.views_differ != "all" and self.views < 2:
+            # with one view there is nothing for the views to share, and the option would be ignored
+            raise SystemExit("--views-differ framing needs at least two views of each face (--views 2)")
 
     # -- data -------------------------------------------------------------------------------------
     def _load_data(self):

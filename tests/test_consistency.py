@@ -70,3 +70,17 @@ def test_relative_consistency_pulls_a_face_s_views_together():
     logits = torch.tensor([[2.0, 0.0], [-2.0, -2.0], [3.0, 3.0]], requires_grad=True)
     Trainer.relative_consistency_loss(logits).backward()
     assert logits.grad[0, 0] > 0 > logits.grad[0, 1]
+
+
+def test_options_that_need_two_views_refuse_one(tmp_path):
+    # a single view has nothing to share or agree on: refusing beats silently training without it
+    from training_engine import build_parser
+    import pytest
+    for extra in (["--consistency", "1", "--views", "1"], ["--views-differ", "framing"]):
+        args = build_parser("cnn_transformer").parse_args(
+            ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path)] + extra)
+        with pytest.raises(SystemExit, match="two views"):
+            Trainer(args)
+    args = build_parser("cnn_transformer").parse_args(
+        ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path), "--views-differ", "framing", "--views", "2"])
+    assert Trainer(args).views == 2
