@@ -94,6 +94,15 @@ train efficientnet "${SESSION7[@]}" --epochs 6 --arch-arg anti_alias=1 \
     --init-weights "$SESSION7_MODELS/efficientnet.safetensors" --lr 1e-4 --trunk-lr 1e-4 --output-dir "$OUT/eff10" --time-budget 80
 train efficientnet "${SESSION7[@]}" --arch-arg anti_alias=1 --init-weights "$OUT/eff10/efficientnet/best.pt" \
     --lr 3e-5 --trunk-lr 3e-5 --output-dir "$OUT/eff10_anneal" --time-budget 32
+# Session 13: Xception continued from its session-4 conversion with the session-4 recipe, distilled from
+# the shipped (converted) voters of session 11, for 55 minutes (four 8,192-sample epochs).
+SESSION11_MODELS=${SESSION11_MODELS:-converted_models}   # git show 00479da:converted_models/<key>.{json,safetensors}
+if [[ ! -f "$OUT/teacher13_train.npz" ]]; then
+  "$PY" distill_targets.py --data-dir "$DATA" --out "$OUT/teacher13_train.npz" --checkpoints \
+      "$SESSION11_MODELS/efficientnet.json" "$SESSION11_MODELS/cross_attention.json" "$SESSION11_MODELS/cnn_transformer.json"
+fi
+train xception --init-weights "$SESSION11_MODELS/xception.safetensors" --lr 1e-3 --warmup-steps 100 --epoch-samples 8192 \
+    --epochs 40 --teacher "$OUT/teacher13_train.npz" --distill-weight 0.5 --output-dir "$OUT/x13" --time-budget 55
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -106,3 +115,4 @@ echo "== all trained"
 # Session 8: cnn_transformer is converted from "$OUT/ct8/cnn_transformer/best.pt", then --ensemble.
 # Session 9: cross_attention is converted from "$OUT/ca9/cross_attention/best.pt", then --ensemble.
 # Session 10: efficientnet is converted from "$OUT/eff10_anneal/efficientnet/best.pt", then --ensemble.
+# Session 13: xception is converted from "$OUT/x13/xception/best.pt", then --ensemble (it now votes).
