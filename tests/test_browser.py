@@ -1,7 +1,8 @@
 """End to end in a real browser: `streamlit run app.py` + Debian's Chromium driven by Playwright.
 
 Uploads a photo and a short video through the page's file input, checks what the page says, and
-saves screenshots to test-output/ (copied to docs/screenshots/image_mode.png and video_mode.png).
+saves screenshots to test-output/ (copied to docs/screenshots/image_mode.png and video_mode.png only
+with DFSTUDIO_UPDATE_SCREENSHOTS=1, so a test run leaves the tracked files alone).
 Skipped only when /usr/bin/chromium is absent (`make system-deps` installs it).
 """
 from __future__ import annotations
@@ -123,8 +124,9 @@ def full_screenshot(page, name: str) -> Path:
     page.wait_for_timeout(1500)
     path = OUT / name
     page.screenshot(path=str(path), full_page=True)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, SCREENSHOTS / name)
+    if os.environ.get("DFSTUDIO_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / name)
     page.set_viewport_size({"width": 1400, "height": 1000})
     return path
 
