@@ -123,7 +123,7 @@ def blur_filter_size(anti_alias) -> int:
     (5: a stronger low-pass, which Zhang found more shift-consistent at about the same accuracy)."""
     size = int(anti_alias)
     if size in (0, 1):
-        return 3 * size
+        return {0: 0, 1: 3}[size]
     if size < 3 or size % 2 == 0 or size > 7:
         raise ValueError(f"anti_alias must be 0, 1 (a 3-tap blur) or an odd filter side 3-7, not {anti_alias!r}")
     return size
@@ -132,8 +132,8 @@ def blur_filter_size(anti_alias) -> int:
 def blur_before_subsampling(network: nn.Module, filter_size: int = 3) -> int:
     """Anti-alias a CNN in place (after Zhang, "Making convolutional networks shift-invariant again",
     ICML 2019): every stride-2 conv low-pass filters its input (a fixed binomial blur, 3x3 unless
-    `filter_size` says otherwise, timm's BlurPool2d at stride 1). A strided conv samples below the Nyquist rate, so a shift of one pixel
-    can change its output a lot; blurring first makes the features, and so the verdict, move less when
+    `filter_size` says otherwise, timm's BlurPool2d at stride 1). A strided conv samples below the
+    Nyquist rate, so a shift of one pixel can change its output a lot; blurring first makes the features, and so the verdict, move less when
     a face box moves by a few pixels (issue 11).
 
     Blur and conv are both linear, so blur-then-strided-conv equals Zhang's conv-blur-subsample up to

@@ -1,9 +1,10 @@
 """The training engine's consistency term (issue 11): two views of a face should score alike."""
 import math
 
+import pytest
 import torch
 
-from training_engine import Trainer
+from training_engine import Trainer, build_parser
 
 
 def test_consistency_is_the_symmetric_kl_of_the_two_views():
@@ -74,8 +75,6 @@ def test_relative_consistency_pulls_a_face_s_views_together():
 
 def test_options_that_need_two_views_refuse_one(tmp_path):
     # a single view has nothing to share or agree on: refusing beats silently training without it
-    from training_engine import build_parser
-    import pytest
     for extra in (["--consistency", "1", "--views", "1"], ["--views-differ", "framing"]):
         args = build_parser("cnn_transformer").parse_args(
             ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path)] + extra)
