@@ -21,6 +21,16 @@ def test_recut_without_change_is_the_crop_and_views_keep_the_shape(astronaut):
     assert np.abs(views["larger"].astype(int) - crop.astype(int)).mean() > 1.0
 
 
+def test_the_jpeg_view_recompresses_a_jpeg_75_crop_off_its_grid(astronaut):
+    """The dfdc-faces crops are JPEG 75: re-saving one on its own grid would change (almost) nothing."""
+    saved = stability.jpeg(np.ascontiguousarray(astronaut[20:244, 150:374]))   # a JPEG-75 crop, decoded
+    on_grid = np.abs(stability.jpeg(saved).astype(int) - saved).mean()
+    view = stability.crop_views(saved, np.random.default_rng(0), model_size=96)["jpeg75"]
+    assert view.shape == saved.shape
+    off_grid = np.abs(view.astype(int) - saved).mean()
+    assert on_grid < 0.2 and off_grid > 0.5 and off_grid > 5 * on_grid, (on_grid, off_grid)
+
+
 def test_canvas_versions_put_the_crop_on_grey_at_three_scales():
     crop = np.full((100, 100, 3), 200, np.uint8)
     versions = stability.canvas_versions(crop)
