@@ -36,6 +36,12 @@ CONSENSUS_CANDIDATES = ((0.0, 0.0, 1.0),
 # 55 px face upscaled to 224 px: within 0.1 %; docs/performance.md, session 11). The `dfdc-faces`
 # geometry was measured on faces of this order (crops upscaled to 224 px, GUIDE.md section 3).
 SETTLE_FACE_PX = 224
+# Settling rounds: each round starts from the last round's boxes. The same faces found at 640 px and
+# at full size (100 frames of make bench's video) settle 1 - IoU 0.014 apart after one round, 0.007
+# after two and 0.005 after three; two rounds also cut the val re-framing spread (mean 0.038 -> 0.030)
+# and shrink the box by 0.3 % of its side on average, far inside the training box jitter
+# (scripts/experiments/settle_rounds.py; docs/training.md, session 14).
+SETTLE_ROUNDS = 2
 # How far the consensus squares reach from a box's centre, in units of its side (+ a margin): the patch
 # a face is settled on holds all of them, so none is cut short by the patch's edge.
 CONSENSUS_REACH = max(abs(dx) + abs(dy) + s / 2 for dx, dy, s in CONSENSUS_CANDIDATES) + 0.05
@@ -318,12 +324,22 @@ def settle_boxes(onet, image: np.ndarray, boxes: np.ndarray, candidates=CONSENSU
             points.reshape(n, k, 5, 2).mean(1).numpy().astype(np.float64))
 
 
-def settle_boxes_at_face_size(onet, image: np.ndarray, boxes: np.ndarray, face_px: int = SETTLE_FACE_PX):
+def settle_boxes_at_face_size(onet, image: np.ndarray, boxes: np.ndarray, face_px: int = SETTLE_FACE_PX,
+                              rounds: int | None = None):
     """`settle_boxes` for each face on a patch of the full-resolution `image` around it (every
     consensus square inside it), resampled so that the face's side is `face_px` (area filter down,
     bicubic up): the box then depends neither on the size of the frame MTCNN searched nor on how
-    many pixels the face has, and the cost per face stays bounded however large the photo."""
+    many pixels the face has, and the cost per face stays bounded however large the photo. Repeated
+    `rounds` times (default `SETTLE_ROUNDS`), each from the last round's boxes; the landmarks are the
+    last round's."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    points = np.empty((len(boxes), 5, 2))
+    for _ in range(SETTLE_ROUNDS if rounds is None else rounds):
+        boxes, points = _settle_once_at_face_size(onet, image, boxes, face_px)
+    return boxes, points
+
+
+def _settle_once_at_face_size(onet, image: np.ndarray, boxes: np.ndarray, face_px: int):
     out_boxes, out_points = np.empty_like(boxes), np.empty((len(boxes), 5, 2))
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     h, w = image.shape[:2]

@@ -161,6 +161,28 @@ def test_found_and_followed_faces_are_settled(astronaut):
     assert box_iou(followed[0].box, detector.detect([moved])[0][0].box) > 0.95
 
 
+def test_a_second_settling_round_brings_nearby_starting_boxes_closer(astronaut):
+    """Two boxes a few per cent of the side apart (as found on frames of two sizes) settle closer after
+    two rounds than after one; `rounds=2` is one round started from the first round's boxes."""
+    import torch
+
+    from faces import FaceDetector, settle_boxes_at_face_size
+
+    as_found = FaceDetector(consensus=False)
+    onet, box = as_found._mtcnn.onet, np.array(as_found.detect([astronaut])[0][0].box)
+    side = box[2] - box[0]
+    with torch.inference_mode():
+        for dx, dy in ((0.03, 0.0), (0.0, 0.03), (0.03, 0.03)):
+            moved = box + np.array([dx, dy, dx, dy]) * side
+            apart = [np.abs(settle_boxes_at_face_size(onet, astronaut, box[None], rounds=r)[0][0]
+                            - settle_boxes_at_face_size(onet, astronaut, moved[None], rounds=r)[0][0]).max()
+                     for r in (1, 2)]
+            assert apart[1] < 0.8 * apart[0], (dx, dy, apart)
+        once = settle_boxes_at_face_size(onet, astronaut, box[None], rounds=1)[0]
+        np.testing.assert_allclose(settle_boxes_at_face_size(onet, astronaut, box[None], rounds=2)[0],
+                                   settle_boxes_at_face_size(onet, astronaut, once, rounds=1)[0], atol=1e-4)
+
+
 def test_the_settled_box_does_not_depend_on_how_many_pixels_the_face_has(astronaut):
     """settle_boxes_at_face_size: the same face at 55, 110, 220 and 440 px (the photo resampled) gets the
     same box, in the photo's own coordinates, within 1 % of its side; settling on the resampled photo
