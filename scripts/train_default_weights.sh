@@ -103,6 +103,11 @@ if [[ ! -f "$OUT/teacher13_train.npz" ]]; then
 fi
 train xception --init-weights "$SESSION11_MODELS/xception.safetensors" --lr 1e-3 --warmup-steps 100 --epoch-samples 8192 \
     --epochs 40 --teacher "$OUT/teacher13_train.npz" --distill-weight 0.5 --output-dir "$OUT/x13" --time-budget 55
+# Session 14: the same again from session 13's conversion (4 more epochs; the time budget of 75 minutes
+# stopped it after 60, as a fifth epoch would not have fitted).
+SESSION13_XCEPTION=${SESSION13_XCEPTION:-converted_models/xception.safetensors}   # git show b2bc3a7:converted_models/xception.safetensors
+train xception --init-weights "$SESSION13_XCEPTION" --lr 1e-3 --warmup-steps 100 --epoch-samples 8192 \
+    --epochs 40 --teacher "$OUT/teacher13_train.npz" --distill-weight 0.5 --output-dir "$OUT/x14" --time-budget 75
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -116,3 +121,4 @@ echo "== all trained"
 # Session 9: cross_attention is converted from "$OUT/ca9/cross_attention/best.pt", then --ensemble.
 # Session 10: efficientnet is converted from "$OUT/eff10_anneal/efficientnet/best.pt", then --ensemble.
 # Session 13: xception is converted from "$OUT/x13/xception/best.pt", then --ensemble (it now votes).
+# Session 14: xception is converted from "$OUT/x14/xception/best.pt", then --ensemble.
