@@ -344,9 +344,10 @@ def compare(ours: dict, naive: dict, tolerance: float, engine=None, naive_crops=
     * result: no systematic difference end to end: the mean of (ours - naive) over matched faces and
       the file's score difference within max(`tolerance`, 3 standard errors of the per-face differences).
     Per-face differences end to end are reported but not required to be within `tolerance`: ours finds
-    faces at 640 px, the naive at full resolution, so boxes differ by a few pixels (median IoU ~0.93),
-    and models sensitive to framing move with them, as much as the naive's own P(fake) moves from one
-    frame to the next of the same face (`naive_frame_to_frame_jitter`; docs/performance.md).
+    faces at 640 px, the naive at full resolution; both settle the boxes on the full-size frame, yet
+    they differ by up to a pixel (median IoU 0.99, session 14), and models sensitive to framing move
+    with them, as much as the naive's own P(fake) moves from one frame to the next of the same face
+    (`naive_frame_to_frame_jitter`; docs/performance.md).
     """
     by_frame: dict[int, tuple[list, list]] = {}
     for f in ours["faces"]:
