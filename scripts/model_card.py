@@ -84,7 +84,7 @@ def main(models_dir=ROOT / "converted_models") -> str:
         s = json.loads(stability.read_text())
         rows += ["", f"Score stability ({s.get('command', 'evaluate.py --stability')}; test-time flip "
                  f"{FLIP_WORDS.get(s.get('test_time_flip'), s.get('test_time_flip'))}): |dP(fake)| between a test crop and the same crop "
-                 "re-cut (centre +-5 %, side +-5 %), resized with the other filter, or saved as JPEG 75"
+                 "re-cut (centre +-5 %, side +-5 %), resized with the other filter, or re-saved as JPEG 75 off its 8x8 grid"
                  + (f"; re-framing: spread of P(fake) over {s['reframing']['faces']} crops placed on a canvas four ways "
                     "and analysed through face finding" if "reframing" in s else "") + ":", "",
                  "| model | mean | 95th pct | max |" + (" re-framing mean | 95th pct | max |" if "reframing" in s else ""),
