@@ -333,7 +333,7 @@ def settle_boxes_at_face_size(onet, image: np.ndarray, boxes: np.ndarray, face_p
     `rounds` times (default `SETTLE_ROUNDS`), each from the last round's boxes; the landmarks are the
     last round's."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    points = np.empty((len(boxes), 5, 2))
+    points = np.full((len(boxes), 5, 2), np.nan)      # no round, no landmarks
     for _ in range(SETTLE_ROUNDS if rounds is None else rounds):
         boxes, points = _settle_once_at_face_size(onet, image, boxes, face_px)
     return boxes, points
