@@ -54,8 +54,8 @@ def jpeg_off_grid(crop: np.ndarray, quality: int = JPEG_QUALITY, offset: int = O
     """The crop re-saved as JPEG on a block grid `offset` pixels off its own, as happens when a photo is
     cropped or re-framed and saved again. Why not on its own grid: the `dfdc-faces` crops are JPEG 75
     themselves, and re-saving a JPEG at its own quality on its own grid is nearly lossless (a
-    thousandth of a grey level on average over 30 of them), so that view would measure nothing and dilute the pooled
-    figures."""
+    thousandth of a grey level on average; off it, 1.5: scripts/experiments/jpeg_grid.py), so that
+    view would measure nothing and dilute the pooled figures."""
     padded = np.pad(crop, ((offset, 0), (offset, 0), (0, 0)), mode="reflect")
     return np.ascontiguousarray(jpeg(padded, quality)[offset:, offset:])
 
