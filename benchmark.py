@@ -355,6 +355,7 @@ def compare(ours: dict, naive: dict, tolerance: float, engine=None, naive_crops=
     for f in naive["faces"]:
         by_frame.setdefault(f["frame"], ([], []))[1].append(f)
     count_mismatch, unmatched, ious, p_diffs, signed_diffs, worst = [], 0, [], [], [], []
+    model_diffs: dict[str, list[float]] = {}   # which member moves between the two crops of a face
     for frame, (a, b) in sorted(by_frame.items()):
         if len(a) != len(b):
             count_mismatch.append({"frame": frame, "ours": len(a), "naive": len(b)})
@@ -369,6 +370,8 @@ def compare(ours: dict, naive: dict, tolerance: float, engine=None, naive_crops=
             ious.append(iou)
             p_diffs.append(abs(a[i]["p"] - b[j]["p"]))
             signed_diffs.append(a[i]["p"] - b[j]["p"])
+            for key in set(a[i].get("models", {})) & set(b[j].get("models", {})):
+                model_diffs.setdefault(key, []).append(abs(a[i]["models"][key] - b[j]["models"][key]))
             worst.append({"frame": frame, "iou": _r(iou), "p_ours": a[i]["p"], "p_naive": b[j]["p"],
                           "box_ours": a[i]["box"], "box_naive": b[j]["box"]})
         unmatched += (len(a) - len(used_a)) + (len(b) - len(used_b))
@@ -408,6 +411,8 @@ def compare(ours: dict, naive: dict, tolerance: float, engine=None, naive_crops=
                                 "p90": _r(np.quantile(p_diffs, 0.9), 6) if p_diffs else None,
                                 "mean": _r(np.mean(p_diffs), 6) if p_diffs else None,
                                 "share_within_tolerance": _r(np.mean(np.array(p_diffs) <= tolerance), 3) if p_diffs else None},
+            "per_model_face_p_diff": {k: {"max": _r(max(v), 6), "mean": _r(np.mean(v), 6)}
+                                      for k, v in sorted(model_diffs.items())},
             "naive_frame_to_frame_jitter": _r(_jitter(naive["faces"]), 6),
             "ours_frame_to_frame_jitter": _r(_jitter(ours["faces"]), 6),
             "worst_faces": worst[:5]}
@@ -747,7 +752,10 @@ def main(argv=None) -> int:
                   f"{a['verdict_naive']}), |d| {a['score_diff']}; mean per-face d {a['mean_face_p_diff']}; "
                   f"bound {a['bound']}\n"
                   f"  per face (reported): max |dP| {a['per_face_p_diff']['max']}, mean {a['per_face_p_diff']['mean']}; "
-                  f"naive's own frame-to-frame change {a['naive_frame_to_frame_jitter']}", flush=True)
+                  f"naive's own frame-to-frame change {a['naive_frame_to_frame_jitter']}\n"
+                  f"  per face, by model (max / mean |dP|): "
+                  + ", ".join(f"{k} {v['max']} / {v['mean']}" for k, v in a["per_model_face_p_diff"].items()),
+                  flush=True)
 
     if not q and not args.no_sweep:
         results["detection_sweep"] = detection_sweep(video, args.frames)
