@@ -204,6 +204,9 @@ class BoxJitter:
         # Where the jitter and filter are drawn from: torch's global generator, unless a caller sets
         # its own (FaceCropDataset's framing-only views replay every other augmentation).
         self.generator: torch.Generator | None = None
+        # An extra move of the drawn box, in pixels of the model's input: (dx, dy, dside). Set by
+        # FaceCropDataset's "nudge" views, which cut the same box again a pixel away.
+        self.nudge: tuple[float, float, float] | None = None
 
     def _uniform(self, low: float, high: float) -> float:
         return float(torch.empty(1).uniform_(low, high, generator=self.generator))
@@ -213,6 +216,9 @@ class BoxJitter:
         side = min(h, w) * (1.0 + self._uniform(-self.scale, self.scale))
         cx = w / 2 + self._uniform(-self.shift, self.shift) * side
         cy = h / 2 + self._uniform(-self.shift, self.shift) * side
+        if self.nudge is not None:
+            px = side / self.size                     # one pixel of the model's input, in this image's pixels
+            cx, cy, side = cx + self.nudge[0] * px, cy + self.nudge[1] * px, side + self.nudge[2] * px
         left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
         side_px = max(int(round(side)), 8)
         pad = max(0, -left, -top, left + side_px - w, top + side_px - h)
@@ -287,19 +293,24 @@ class FaceCropDataset(Dataset):
     (views, C, H, W)), so that training can ask the model to score the views alike: independently
     (`view_difference="all"`), or with every augmentation shared but the box jitter and its resize
     filter (`"framing"`: the views are one upload cut as two detector boxes, what the re-cut and
-    re-framing checks measure, and a consistency term then asks for exactly that invariance)."""
+    re-framing checks measure, and a consistency term then asks for exactly that invariance), or with
+    everything shared, the box too, except that every view after the first moves that box by up to
+    `NUDGE_PX` pixels of the model's input in position and side (`"nudge"`: two pipelines whose boxes
+    land a pixel apart, what `make bench`'s per-face agreement measures)."""
+
+    NUDGE_PX = 1.0
 
     def __init__(self, split: CachedSplit, transform, sbi_probability: float = 0.0, seed: int = 0,
                  teacher_logits: np.ndarray | None = None, views: int = 1, view_difference: str = "all"):
         self.split = split
         self.transform = transform
         self.views = views
-        if view_difference not in ("all", "framing"):
-            raise ValueError(f"view_difference must be 'all' or 'framing', not {view_difference!r}")
+        if view_difference not in ("all", "framing", "nudge"):
+            raise ValueError(f"view_difference must be 'all', 'framing' or 'nudge', not {view_difference!r}")
         self.view_difference = view_difference
         self.box_jitter = next((t for t in getattr(transform, "transforms", []) if isinstance(t, BoxJitter)), None)
-        if view_difference == "framing" and self.box_jitter is None:
-            raise ValueError("framing-only views need a transform with a BoxJitter")
+        if view_difference != "all" and self.box_jitter is None:
+            raise ValueError(f"{view_difference!r} views need a transform with a BoxJitter")
         self.sbi_probability = sbi_probability
         self.seed = seed
         self.epoch = 0
@@ -320,7 +331,7 @@ class FaceCropDataset(Dataset):
             if rng.random() < self.sbi_probability:
                 image, label, teacher = self_blend(image, rng), 1.0, math.nan
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        if self.views > 1 and self.view_difference == "framing":
+        if self.views > 1 and self.view_difference != "all":
             return self._framing_views(tensor, index), torch.tensor(label), torch.tensor(teacher)
         if self.views > 1:
             views = torch.stack([self.transform(tensor) for _ in range(self.views)])
@@ -330,15 +341,22 @@ class FaceCropDataset(Dataset):
     def _framing_views(self, tensor: torch.Tensor, index: int) -> torch.Tensor:
         """The transform run `views` times from one state of torch's generator (same flip, colour,
         JPEG and blur), with the box jitter drawn from a generator of this item and epoch (so a
-        resumed run draws the same boxes)."""
+        resumed run draws the same boxes). "framing" draws a box per view from it; "nudge" draws one
+        box for all views and moves it by a pixel or less for every view after the first."""
+        item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         state = torch.get_rng_state()
-        self.box_jitter.generator = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        self.box_jitter.generator = torch.Generator().manual_seed(item_seed)
+        nudges = torch.empty(self.views, 3).uniform_(
+            -self.NUDGE_PX, self.NUDGE_PX, generator=torch.Generator().manual_seed(item_seed + 1))
         try:
             views = []
-            for _ in range(self.views):
+            for v in range(self.views):
                 torch.set_rng_state(state)
+                if self.view_difference == "nudge":
+                    self.box_jitter.generator.manual_seed(item_seed)          # the same box again
+                    self.box_jitter.nudge = tuple(nudges[v].tolist()) if v else None
                 views.append(self.transform(tensor))
         finally:
             self.box_jitter.generator = None
+            self.box_jitter.nudge = None
         return torch.stack(views)

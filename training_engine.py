@@ -83,10 +83,12 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=None,
                    help="augmented views of each face per step (default 2 with --consistency, else 1); "
                         "--views 2 --consistency 0 is the control arm with the same images and compute")
-    p.add_argument("--views-differ", choices=("all", "framing"), default="all",
+    p.add_argument("--views-differ", choices=("all", "framing", "nudge"), default="all",
                    help="all: each view is augmented independently; framing: the views share flip, colour, "
                         "JPEG and blur and differ only in the box jitter and resize filter, so a consistency "
-                        "term asks for invariance to how the detector cut the face (issue 11)")
+                        "term asks for invariance to how the detector cut the face (issue 11); nudge: the "
+                        "views share everything, the box too, but each after the first moves that box by up "
+                        "to one pixel of the model's input (boxes a pixel apart: make bench's agreement)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights (decay per step, e.g. 0.998); "
                         "it is what is validated, checkpointed and converted (the raw weights are "
@@ -191,7 +193,7 @@ class Trainer:
             raise SystemExit("--consistency needs at least two views of each face (--views 2)")
         if args.views_differ != "all" and self.views < 2:
             # with one view there is nothing for the views to share, and the option would be ignored
-            raise SystemExit("--views-differ framing needs at least two views of each face (--views 2)")
+            raise SystemExit(f"--views-differ {args.views_differ} needs at least two views of each face (--views 2)")
 
     # -- data -------------------------------------------------------------------------------------
     def _load_data(self):

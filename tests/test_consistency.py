@@ -75,7 +75,7 @@ def test_relative_consistency_pulls_a_face_s_views_together():
 
 def test_options_that_need_two_views_refuse_one(tmp_path):
     # a single view has nothing to share or agree on: refusing beats silently training without it
-    for extra in (["--consistency", "1", "--views", "1"], ["--views-differ", "framing"]):
+    for extra in (["--consistency", "1", "--views", "1"], ["--views-differ", "framing"], ["--views-differ", "nudge"]):
         args = build_parser("cnn_transformer").parse_args(
             ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path)] + extra)
         with pytest.raises(SystemExit, match="two views"):

@@ -162,3 +162,34 @@ def test_framing_views_share_every_augmentation_but_the_box():
     with pytest.raises(ValueError):
         data_handler.FaceCropDataset(split, data_handler.eval_transform(48, (0.5,) * 3, (0.5,) * 3), views=2,
                                      view_difference="framing")
+
+
+def test_nudge_views_cut_the_same_box_a_pixel_apart():
+    """--views-differ nudge: everything shared, the box too, but moved by up to a pixel of the model's
+    input; so the views differ far less than framing views (two boxes) and are never the other's mirror."""
+    import torch
+
+    # Smooth images (a slow ramp and wave), so that how far a box moves shows in how much the cut changes.
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    phases = np.random.default_rng(2).uniform(0, 2 * np.pi, 16)
+    images = np.stack([np.repeat((100 + 1.5 * xx + 40 * np.sin(yy / 6 + p))[..., None], 3, axis=2)
+                       for p in phases]).clip(0, 255).astype(np.uint8)
+    split = data_handler.CachedSplit(images, np.zeros(16), [str(i) for i in range(16)],
+                                     [str(i) for i in range(16)], 0)
+    transform = data_handler.train_transform(48, (0.5,) * 3, (0.5,) * 3)
+    nudge = data_handler.FaceCropDataset(split, transform, views=2, view_difference="nudge")
+    framing = data_handler.FaceCropDataset(split, transform, views=2, view_difference="framing")
+
+    def gaps(dataset):
+        torch.manual_seed(0)
+        return [float((v[0] - v[1]).abs().mean()) for v in (dataset[i][0] for i in range(16))]
+
+    nudged, framed = gaps(nudge), gaps(framing)
+    assert max(nudged) > 0                                   # the box does move
+    assert np.mean(nudged) < np.mean(framed) / 2             # but by far less than a second box
+    assert nudge.box_jitter.nudge is None and nudge.box_jitter.generator is None
+    # With no nudge allowed, the views are the same image: everything else is shared.
+    nudge.NUDGE_PX = 0.0
+    torch.manual_seed(0)
+    same = nudge[5][0]
+    assert torch.equal(same[0], same[1])

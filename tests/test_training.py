@@ -80,7 +80,7 @@ def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_pat
     assert earlier["test_auc"] == before["metrics"]["test"]["auc"]
 
 
-@pytest.mark.parametrize("form, differ", [("kl", "all"), ("relative", "framing")])
+@pytest.mark.parametrize("form, differ", [("kl", "all"), ("relative", "framing"), ("relative", "nudge")])
 def test_consistency_training_sees_two_views_and_records_their_divergence(form, differ, dataset, tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.run(train_cmd("cnn_transformer", dataset, out, tmp_path / "cache", "--epochs", "1",
