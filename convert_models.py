@@ -55,6 +55,15 @@ def _samples_per_epoch(config: dict) -> int | None:
     return config.get("n_train")
 
 
+def _training_device(config: dict) -> str:
+    """"cuda" or "cpu": where a run trained. Checkpoints written before the engine recorded it have it
+    only as `--device` in the command; without that flag they ran on this project's CPU machines."""
+    if config.get("device"):
+        return str(config["device"])
+    words = (config.get("command") or "").split()
+    return words[words.index("--device") + 1].split(":")[0] if "--device" in words[:-1] else "cpu"
+
+
 def _split_paths(data_dir: str, split: str):
     records = data_handler.load_records(data_dir)
     rows = records[records["split"] == split]
@@ -152,6 +161,7 @@ def training_section(config: dict, ckpt: dict) -> dict:
         "n_train": config.get("n_train"), "n_val": config.get("n_val"),
         "epochs": len(history), "samples_per_epoch": _samples_per_epoch(config), "best_epoch": int(ckpt["epoch"]) + 1,
         "train_time_s": round(float(ckpt.get("elapsed_s", 0.0)), 1),
+        "device": _training_device(config),
         "best_val_auc_during_training": float(ckpt["best_auc"]),
         "pretrained_trunk": bool(config.get("pretrained")) and spec.trunk_prefix is not None,
         "sbi": config.get("sbi"), "distilled_from": config.get("teacher"), "init_weights": config.get("init_weights"),

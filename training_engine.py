@@ -573,6 +573,7 @@ class Trainer:
                 "consistency_form": a.consistency_form, "views_differ": a.views_differ, "ema": a.ema,
                 "teacher": a.teacher, "init_weights": a.init_weights,
                 "init_weights_sha256": getattr(self, "init_weights_sha256", None), "seed": a.seed, "world_size": self.world,
+                "device": self.device.type,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 

@@ -36,6 +36,17 @@ def phases(training: dict) -> list[dict]:
     return out
 
 
+def minutes_on(runs: list[dict]) -> str:
+    """Training minutes per kind of machine, e.g. "64 min CPU" or "187 min CPU + 6 min GPU": a GPU
+    minute is worth hundreds of CPU minutes here, so the two are never added up. Manifests written
+    before `device` was recorded trained on this project's CPUs."""
+    totals: dict[str, float] = {}
+    for run in runs:
+        kind = "GPU" if str(run.get("device", "cpu")).startswith("cuda") else "CPU"
+        totals[kind] = totals.get(kind, 0.0) + run.get("train_time_s", 0) / 60
+    return " + ".join(f"{totals[kind]:.0f} min {kind}" for kind in ("CPU", "GPU") if kind in totals)
+
+
 def fmt(v, nd=3):
     return "n/a" if v is None else f"{v:.{nd}f}"
 
@@ -53,12 +64,11 @@ def main(models_dir=ROOT / "converted_models") -> str:
         tr = m.get("training", {})
         start = ("continued from earlier weights" if started_from(tr) else
                  "from ImageNet weights" if tr.get("pretrained_trunk") else "from scratch")
-        how = (f"{tr.get('train_time_s', 0) / 60:.0f} min CPU, {tr.get('epochs')} x {start}"
+        how = (f"{minutes_on([tr])}, {tr.get('epochs')} x {start}"
                f"{', distilled' if tr.get('distilled_from') else ''}")
         earlier = phases(tr)
         if len(earlier) > 1:   # the manifest records the runs it continued: say what they add up to
-            how += (f" ({sum(p.get('train_time_s', 0) for p in earlier) / 60:.0f} min over the "
-                    f"{len(earlier)} recorded runs)")
+            how += f" ({minutes_on(earlier)} over the {len(earlier)} recorded runs)"
         rows.append(f"| `{key}` | {m['title']} | {m['input_size']} | {m['num_parameters'] / 1e6:.1f} M | {how} | "
                     f"{fmt(t['auc'])} | {fmt(t['ap'])} | {fmt(t['eer'])} | {fmt(t['accuracy'])} | "
                     f"{fmt(c.get('auc'))} | {fmt(c.get('ap'))} | {fmt(c.get('eer'))} |")

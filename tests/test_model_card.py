@@ -21,3 +21,23 @@ def test_phases_follow_the_lineage_newest_first():
     assert card.phases({"command": "only"}) == [{"command": "only"}]
     # A lineage that could not be read (no training section) ends the chain.
     assert len(card.phases({"continued_from": {"file": "f", "sha256": None}})) == 1
+
+
+def test_gpu_and_cpu_minutes_are_reported_apart_never_added():
+    card = _model_card()
+    cpu_run = {"train_time_s": 3840, "command": "train_xception.py --epochs 2"}    # before `device` was recorded
+    gpu_run = {"train_time_s": 332, "device": "cuda", "continued_from": {"sha256": "x", "training": cpu_run}}
+    assert card.minutes_on([cpu_run]) == "64 min CPU"
+    assert card.minutes_on([gpu_run]) == "6 min GPU"
+    assert card.minutes_on(card.phases(gpu_run)) == "64 min CPU + 6 min GPU"
+    assert card.minutes_on([{"train_time_s": 60, "device": "cpu"}, cpu_run]) == "65 min CPU"
+
+
+def test_a_runs_device_comes_from_its_config_or_else_its_command():
+    from convert_models import _training_device
+
+    assert _training_device({"device": "cuda", "command": "train_swin.py"}) == "cuda"
+    assert _training_device({"command": "train_xception.py --device cuda:1 --epochs 3"}) == "cuda"
+    assert _training_device({"command": "train_xception.py --epochs 3"}) == "cpu"
+    assert _training_device({"command": "train_xception.py --device"}) == "cpu"      # a malformed command
+    assert _training_device({}) == "cpu"

@@ -42,6 +42,7 @@ def test_each_train_script_trains_converts_and_serves(key, dataset, tmp_path, as
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((out / key / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["config"]["input_size"] == 64
+    assert summary["config"]["device"] == "cpu"     # the model card tells CPU from GPU minutes by it
     models_dir = tmp_path / "converted"
     from convert_models import convert_checkpoint
     manifest = convert_checkpoint(str(out / key / "best.pt"), str(dataset), models_dir, None)
