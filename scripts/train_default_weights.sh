@@ -108,6 +108,14 @@ train xception --init-weights "$SESSION11_MODELS/xception.safetensors" --lr 1e-3
 SESSION13_XCEPTION=${SESSION13_XCEPTION:-converted_models/xception.safetensors}   # git show b2bc3a7:converted_models/xception.safetensors
 train xception --init-weights "$SESSION13_XCEPTION" --lr 1e-3 --warmup-steps 100 --epoch-samples 8192 \
     --epochs 40 --teacher "$OUT/teacher13_train.npz" --distill-weight 0.5 --output-dir "$OUT/x14" --time-budget 75
+# Session 18: on a lent GPU (an H200), not here: xception continued from session 14's conversion on the
+# whole train split, distilled from teacher13 (regenerated from the shipped voters, session 11's, as
+# above; its paths rewritten to the device's folder). The data travels in three parts; the
+# procedure, step by step, is docs/training.md, "If a device is lent". The training command there was
+#   DATA=/tmp/dfdc-faces MODELS=xception MINUTES_xception=3.8 LR_xception=1e-3 BATCH=128 \
+#   INIT_DIR=device_pack/init TEACHER=/tmp/teacher.npz EXTRA_xception="--patience 12" \
+#   bash scripts/device/train_on_device.sh
+# then the same with MINUTES_xception=6.0 (which resumes the run from its last.pt).
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -122,3 +130,6 @@ echo "== all trained"
 # Session 10: efficientnet is converted from "$OUT/eff10_anneal/efficientnet/best.pt", then --ensemble.
 # Session 13: xception is converted from "$OUT/x13/xception/best.pt", then --ensemble (it now votes).
 # Session 14: xception is converted from "$OUT/x14/xception/best.pt", then --ensemble.
+# Session 18: xception is converted from the device's slim checkpoint (runs/rc18/device/xception.pt),
+#   the shipped xception.json beside the init weights so that the manifest keeps the earlier phases,
+#   then --ensemble.
