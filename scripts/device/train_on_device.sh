@@ -9,9 +9,10 @@
 #   KEEP=/tmp/device_out; cp $KEEP/*.part-* "$OUT"/     (while the machine is still warm)
 # Environment: MODELS (default "xception swin"), DATA (device_pack), MINUTES (3), SIZE (128: the size
 # the CPU app runs at), BATCH (128), LR (1e-3), WARMUP (200 steps), INIT_DIR (a folder of
-# .safetensors to start from; default none), DEVICE (cuda; cpu for a dry run), TEACHER (an npz of distill_targets.py whose paths are
-# those under $DATA; default none). Any of MINUTES, BATCH, LR and WARMUP can be set for one model
-# alone by suffixing its key (LR_swin=3e-4), and EXTRA_<key> adds options to that model's command.
+# .safetensors to start from; default none), DEVICE (cuda; cpu for a dry run), TEACHER (an npz of
+# distill_targets.py whose paths are those under $DATA; default none). Any of MINUTES, BATCH, LR and
+# WARMUP can be set for one model alone by suffixing its key (LR_swin=3e-4), and EXTRA_<key> adds
+# options to that model's command.
 set -uo pipefail
 : "${OUT:?run this through the device tool: OUT is its output folder}"
 MODELS=${MODELS:-"xception swin"}
@@ -60,7 +61,7 @@ for key in $MODELS; do
   $PY scripts/device/slim_checkpoint.py "$RUNS/$key/best.pt" "$RUNS/$key.pt"
   split -b 15M -d "$RUNS/$key.pt" "$KEEP/$key.pt.part-"
   hand_back "$key"
-  cat "$KEEP"/*.log > "$OUT/device_training.log" 2>/dev/null
+  cat "$KEEP"/*.log > "$OUT/device_training.log" 2>/dev/null   # the logs so far, should the call be cut off
 done
 cat "$KEEP"/*.log > "$OUT/device_training.log" 2>/dev/null
 echo "returned: $(ls "$OUT" | tr '\n' ' ')"
