@@ -18,7 +18,7 @@ from conftest import make_face_dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))
 from pack_parts import pack_parts, plan_parts  # noqa: E402
-from pack_subset import pack  # noqa: E402
+from pack_subset import pack, packed_path  # noqa: E402
 from slim_checkpoint import slim  # noqa: E402
 
 
@@ -85,6 +85,12 @@ def test_parts_hold_every_train_and_val_crop_once_within_their_budgets(tmp_path)
     assert {r["path"] for r in manifest} == set(seen) == {r["path"] for r in train_val}   # never test
     assert all(seen[r["path"]] == (data / r["path"]).read_bytes() for r in train_val)    # bytes as they are
     assert {(r["path"], r["label"], r["split"]) for r in manifest} == {(r["path"], r["label"], r["split"]) for r in train_val}
+
+
+def test_a_crop_keeps_its_path_under_the_dataset_and_one_outside_goes_under_its_label():
+    root = Path("/data/dfdc")
+    assert packed_path(Path("/data/dfdc/real/a/x.jpg"), root, "real") == Path("real/a/x.jpg")
+    assert packed_path(Path("/elsewhere/y.jpg"), root, "fake") == Path("fake/y.jpg")
 
 
 def test_part_planning_is_first_fit_and_never_drops_a_file():

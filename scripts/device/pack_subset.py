@@ -30,6 +30,12 @@ DEFAULT_BUDGET_MIB = 50.0    # + ~2 MB of repository stays well under the tool's
 DEFAULT_VAL_SHARE = 0.1      # of the budget, for validation during device training
 
 
+def packed_path(source: Path, root: Path, label: str) -> Path:
+    """Where a crop goes inside a pack: its path under the dataset's folder, or `label/name` for a
+    manifest row that points outside it."""
+    return source.relative_to(root) if source.is_relative_to(root) else Path(label) / source.name
+
+
 def pick_groups(records, split: str, budget_bytes: int, seed: int) -> list:
     """Whole groups of `split`, in a seeded random order, while their files fit in `budget_bytes`."""
     rows = records[records["split"] == split]
@@ -69,7 +75,7 @@ def pack(data_dir: str, out: str, budget_mib: float = DEFAULT_BUDGET_MIB, val_sh
             for _, r in part.iterrows():
                 source = Path(r["path"])
                 label = "fake" if int(r["label"]) == 1 else "real"
-                relative = source.relative_to(root) if source.is_relative_to(root) else Path(label) / source.name
+                relative = packed_path(source, root, label)
                 target = out_dir / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
