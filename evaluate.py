@@ -195,18 +195,25 @@ def format_stability(result: dict) -> str:
     lines = [f"{result['data_dir']} [{result['split']}] test-time flip: {result['test_time_flip']}"]
     if "stability" in result:
         lines.append(f"crop stability over {result['stability_crops']} crops x 5 views, |dP|:")
-        lines.append(f"{'model':<16}{'mean':>8}{'p95':>8}{'max':>8}   mean by view")
+        lines.append(f"{'model':<16}{'mean':>8}{'p95':>8}{'p95 90% CI':>18}{'max':>8}   mean by view")
         for k, m in result["stability"].items():
             views = " ".join(f"{v} {d:.3f}" for v, d in m["by_view"].items())
-            lines.append(f"{k:<16}{m['mean']:8.4f}{m['p95']:8.4f}{m['max']:8.4f}   {views}")
+            lines.append(f"{k:<16}{m['mean']:8.4f}{m['p95']:8.4f}{_interval(m):>18}{m['max']:8.4f}   {views}")
     if "reframing" in result:
         r = result["reframing"]
         lines.append(f"re-framing: {r['faces']} crops x 4 canvas versions through face finding "
                      f"({r['versions_without_face']} versions without a face); spread of P(fake) per face:")
+        lines.append(f"{'model':<16}{'mean':>8}{'p95':>8}{'p95 90% CI':>18}{'max':>8}")
         for k, m in r.items():
             if isinstance(m, dict):
-                lines.append(f"{k:<16}{m['mean']:8.4f}{m['p95']:8.4f}{m['max']:8.4f}")
+                lines.append(f"{k:<16}{m['mean']:8.4f}{m['p95']:8.4f}{_interval(m):>18}{m['max']:8.4f}")
     return "\n".join(lines)
+
+
+def _interval(summary: dict) -> str:
+    """`stability.dp_summary`'s bootstrap interval of the 95th percentile, as printed."""
+    ci = summary.get("p95_ci90")
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
 
 
 def main(argv=None) -> int:

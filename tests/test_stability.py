@@ -83,3 +83,28 @@ def test_flip_is_spent_on_voting_members_only(tmp_path, astronaut):
     assert not ScoringEngine(models, runtime="torch", flip_tta=False).uses_flip("cross_attention")
     with pytest.raises(ValueError):
         ScoringEngine(models, runtime="torch", flip_tta="sometimes")
+
+
+def test_p95_interval_brackets_the_figure_and_narrows_with_more_faces():
+    rng = np.random.default_rng(1)
+    few, many = rng.exponential(0.03, 40), rng.exponential(0.03, 4000)
+    for sample in (few, many):
+        s = stability.dp_summary(sample)
+        lo, hi = s["p95_ci90"]
+        assert lo <= s["p95"] <= hi and sample.min() <= lo and hi <= sample.max() + 1e-4   # figures are rounded to 4 places
+    width = lambda x: np.subtract(*stability.p95_interval(x)[::-1])
+    assert width(many) < width(few) / 3
+    # The same faces every time give the same interval (a fixed seed), and a constant has no spread.
+    assert stability.p95_interval(few) == stability.p95_interval(few)
+    assert stability.p95_interval(np.full(40, 0.07)) == (0.07, 0.07)
+
+
+def test_p95_interval_resamples_faces_not_views():
+    """A face's views move together; counting them as independent draws would understate the
+    uncertainty: with 5 identical views per face the interval is that of the 40 faces, not of 200."""
+    faces = np.random.default_rng(2).exponential(0.03, 40)
+    views = np.repeat(faces[:, None], 5, axis=1)
+    assert stability.p95_interval(views) == stability.p95_interval(faces)
+    assert stability.dp_summary(views)["n"] == 200
+    as_independent = np.subtract(*stability.p95_interval(views.ravel())[::-1])
+    assert as_independent < np.subtract(*stability.p95_interval(views)[::-1])
