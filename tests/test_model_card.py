@@ -41,3 +41,9 @@ def test_a_runs_device_comes_from_its_config_or_else_its_command():
     assert _training_device({"command": "train_xception.py --epochs 3"}) == "cpu"
     assert _training_device({"command": "train_xception.py --device"}) == "cpu"      # a malformed command
     assert _training_device({}) == "cpu"
+
+
+def test_a_95th_percentile_shows_its_interval_when_the_stability_file_has_one():
+    card = _model_card()
+    assert card.p95_cell({"p95": 0.1143, "p95_ci90": [0.0812, 0.1491]}) == "0.114 [0.08, 0.15]"
+    assert card.p95_cell({"p95": 0.1143}) == "0.114"     # a stability file written before intervals
