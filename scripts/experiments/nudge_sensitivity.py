@@ -45,7 +45,7 @@ def pixel_views(crop: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def nudge_sensitivity(engine: ScoringEngine, crops: list[np.ndarray], keys: list[str], batch: int = 64) -> dict:
-    diffs: dict[str, list[np.ndarray]] = {k: [] for k in [*keys, ENSEMBLE_KEY]}
+    diffs: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in [*keys, ENSEMBLE_KEY]}
     for start in range(0, len(crops), batch):
         part = crops[start:start + batch]
         views = [pixel_views(c) for c in part]
@@ -53,9 +53,11 @@ def nudge_sensitivity(engine: ScoringEngine, crops: list[np.ndarray], keys: list
         for name in views[0]:
             moved = engine.score_crops([v[name] for v in views], keys)
             for k in keys:
-                diffs[k].append(moved.model_probabilities[k] - base.model_probabilities[k])
-            diffs[ENSEMBLE_KEY].append(moved.ensemble_probability - base.ensemble_probability)
-    return {k: stability.dp_summary(np.concatenate(v)) for k, v in diffs.items()}
+                diffs[k].setdefault(name, []).append(moved.model_probabilities[k] - base.model_probabilities[k])
+            diffs[ENSEMBLE_KEY].setdefault(name, []).append(moved.ensemble_probability - base.ensemble_probability)
+    # faces x views, so that the 95th percentile's bootstrap interval resamples faces
+    return {k: stability.dp_summary(np.stack([np.concatenate(v) for v in by_view.values()], axis=1))
+            for k, by_view in diffs.items()}
 
 
 def main() -> int:
