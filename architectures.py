@@ -153,6 +153,27 @@ def blur_before_subsampling(network: nn.Module, filter_size: int = 3) -> int:
     return len(strided)
 
 
+def blur_max_pools(network: nn.Module, filter_size: int = 3) -> int:
+    """Anti-alias a CNN's strided max-pools in place: Zhang's MaxBlurPool (ICML 2019), a max over the
+    same window at stride 1, then a binomial blur that subsamples. A max-pool at stride 2 aliases like
+    a strided conv, and `blur_before_subsampling` cannot reach it (blurring before a max does not
+    band-limit the max's output). Xception halves its grid with max-pools, so without this its main
+    path stays aliased. The output grid has the same size (for a 3x3 window, padding 1), there are
+    no parameters (weights load strictly), and a pool changed once is left alone. Returns the
+    number of pools changed."""
+    from timm.layers import BlurPool2d
+
+    changed = 0
+    for parent in list(network.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MaxPool2d) and child.stride in (2, (2, 2)):
+                dense = nn.MaxPool2d(child.kernel_size, stride=1, padding=child.padding,
+                                     dilation=child.dilation, ceil_mode=child.ceil_mode)
+                setattr(parent, name, nn.Sequential(dense, BlurPool2d(None, filt_size=filter_size, stride=2)))
+                changed += 1
+    return changed
+
+
 def is_blurred(conv: nn.Module) -> bool:
     """Whether `blur_before_subsampling` anti-aliased this conv."""
     return isinstance(conv, nn.Conv2d) and isinstance(getattr(conv, "blur", None), nn.Module)

@@ -91,6 +91,18 @@ def _timm(name: str, **fixed):
     return build
 
 
+def _build_xception(input_size: int, pretrained: bool, anti_alias: bool | int = False, **kwargs) -> nn.Module:
+    """timm's legacy_xception. `anti_alias`: a blur before each stride-2 conv (the entry conv and the
+    blocks' 1x1 skips) and each of its stride-2 max-pools made a max at stride 1 followed by a blurred
+    subsampling (architectures.blur_max_pools); parameter names are unchanged."""
+    model = _timm("legacy_xception")(input_size, pretrained, **kwargs)
+    if anti_alias:
+        size = architectures.blur_filter_size(anti_alias)
+        architectures.blur_before_subsampling(model, size)
+        architectures.blur_max_pools(model, size)
+    return model
+
+
 def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwargs) -> nn.Module:
     import timm
 
@@ -135,9 +147,10 @@ def _build_cnn_transformer(input_size: int, pretrained: bool, **kwargs) -> nn.Mo
 
 
 register(ModelSpec(
-    key="xception", title="Xception", build_fn=_timm("legacy_xception"), default_input_size=299,
+    key="xception", title="Xception", build_fn=_build_xception, default_input_size=299,
     mean=HALF_MEAN, std=HALF_STD, feature_layers=("block2", "block7", "block12"), cam_layer="act4",
-    description="Chollet's Xception as used in FaceForensics++ (timm legacy_xception)."))
+    description="Chollet's Xception as used in FaceForensics++ (timm legacy_xception); anti_alias=1 "
+                "blurs before every stride-2 conv and makes its stride-2 max-pools max-blur-pools."))
 register(ModelSpec(
     key="efficientnet", title="EfficientNet", build_fn=_build_efficientnet, default_input_size=260,
     mean=HALF_MEAN, std=HALF_STD, feature_layers=("blocks.1", "blocks.3", "blocks.5"), cam_layer="bn2",
