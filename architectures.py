@@ -165,13 +165,26 @@ def blur_max_pools(network: nn.Module, filter_size: int = 3) -> int:
 
     changed = 0
     for parent in list(network.modules()):
-        for name, child in list(parent.named_children()):
+        siblings = list(parent.named_children())
+        for i, (name, child) in enumerate(siblings):
             if isinstance(child, nn.MaxPool2d) and child.stride in (2, (2, 2)):
                 dense = nn.MaxPool2d(child.kernel_size, stride=1, padding=child.padding,
                                      dilation=child.dilation, ceil_mode=child.ceil_mode)
-                setattr(parent, name, nn.Sequential(dense, BlurPool2d(None, filt_size=filter_size, stride=2)))
+                blur = BlurPool2d(_channels_before(siblings[:i], name), filt_size=filter_size, stride=2)
+                setattr(parent, name, nn.Sequential(dense, blur))
                 changed += 1
     return changed
+
+
+def _channels_before(siblings: list[tuple[str, nn.Module]], pool: str) -> int:
+    """The channel count reaching a pool: that of the nearest preceding norm or conv among its siblings.
+    The blur needs it fixed (a filter sized at run time does not export to ONNX)."""
+    for _, module in reversed(siblings):
+        for found in reversed(list(module.modules())):
+            channels = getattr(found, "num_features", None) or getattr(found, "out_channels", None)
+            if channels:
+                return int(channels)
+    raise ValueError(f"cannot tell how many channels reach the max-pool {pool!r}")
 
 
 def is_blurred(conv: nn.Module) -> bool:

@@ -257,6 +257,10 @@ def test_anti_aliased_xception_blurs_its_convs_and_pools_and_steadies_the_shippe
     strided = [m for m in blurred.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
     assert len(strided) == 5 and all(is_blurred(m) for m in strided)
     assert not any(isinstance(m, torch.nn.MaxPool2d) and m.stride == 2 for m in blurred.modules())
+    from timm.layers import BlurPool2d
+    pools = [m for m in blurred.modules() if isinstance(m, BlurPool2d) and m.stride == 2]
+    # A blur sized at run time does not export to ONNX: each knows its channels (728 after block 3).
+    assert [p.channels for p in pools] == [128, 256, 728, 1024]
     assert sum(isinstance(m, torch.nn.MaxPool2d) and m.stride == 2 for m in plain.modules()) == 4
     face = torch.from_numpy(data.astronaut()[0:260, 140:400]).permute(2, 0, 1).float()[None] / 255
     face = torch.nn.functional.interpolate(face, size=(136, 136), mode="bilinear", antialias=True)[0] * 2 - 1
