@@ -1,6 +1,6 @@
 """What the anti-aliased trunk (`--arch-arg anti_alias=1`) costs per batch (docs/performance.md, session 8).
 
-    .venv/bin/python scripts/experiments/blur_cost.py [--model cnn_transformer] [--batch 16] [--size 128]
+    .venv/bin/python scripts/experiments/blur_cost.py [--model cnn_transformer|cross_attention|xception] [--batch 16] [--size 128]
 
 Builds the model on the offline ImageNet trunk with and without the blur (random trunk weights
 would shrink activations towards denormal floats and time those instead), exports each to ONNX as the app's fast runtime runs it, and prints the best of 3 means of 10
@@ -48,7 +48,7 @@ def costs(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, float]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="cnn_transformer", choices=["cnn_transformer", "cross_attention"])
+    p.add_argument("--model", default="cnn_transformer", choices=["cnn_transformer", "cross_attention", "xception"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=128)
     a = p.parse_args(argv)
@@ -56,7 +56,14 @@ def main(argv=None) -> None:
     batch = torch.rand(a.batch, 3, a.size, a.size)
     spec = get_spec(a.model)
     for label, args in (("plain", {}), ("anti_alias", {"anti_alias": 1})):
-        found = costs(spec.build(a.size, pretrained=True, **args).eval(), batch)
+        if a.model == "xception":   # no offline ImageNet weights: the shipped ones (trained, not denormal)
+            from safetensors.torch import load_file
+            model = spec.build(a.size, **args).eval()
+            model.load_state_dict({k: v.float() for k, v in
+                                   load_file(ROOT / "converted_models" / "xception.safetensors").items()})
+        else:
+            model = spec.build(a.size, pretrained=True, **args).eval()
+        found = costs(model, batch)
         print(f"{a.model} {label:>10}: ONNX Runtime {found['onnx_ms']:.1f} ms, eager torch {found['eager_ms']:.1f} ms "
               f"per batch of {a.batch} at {a.size} px, 2 threads")
 
