@@ -243,8 +243,9 @@ def test_anti_aliased_efficientnet_keeps_parameter_names_and_grid():
 def test_anti_aliased_xception_blurs_its_convs_and_pools_and_steadies_the_shipped_weights():
     """Xception halves its grid with stride-2 max-pools as well as convs; anti_alias=1 blurs both
     (architectures.blur_max_pools), adds no parameters (the shipped weights load strictly) and keeps
-    the output grid. On the shipped weights, untrained with the blur, features of a face shifted one
-    pixel at a time already agree more (measured cosine 0.964 -> 0.999)."""
+    the output grid. With the same weights, trained without the blur, features of a face shifted one
+    pixel at a time agree more once it is on (session 18's weights: cosine 0.964 -> 0.999; seeded
+    random weights, checked here since the shipped ones now trained with it: 1 - cosine 0.003 -> 4e-5)."""
     from safetensors.torch import load_file
     from skimage import data
     from architectures import is_blurred
@@ -272,4 +273,8 @@ def test_anti_aliased_xception_blurs_its_convs_and_pools_and_steadies_the_shippe
             assert model(views).shape == (8, 1)
         return torch.nn.functional.cosine_similarity(pooled[:-1], pooled[1:]).mean().item()
 
-    assert shift_agreement(blurred) > shift_agreement(plain) + 0.01
+    torch.manual_seed(0)
+    plain = get_spec("xception").build(128).eval()
+    blurred = get_spec("xception").build(128, anti_alias=1).eval()
+    blurred.load_state_dict(plain.state_dict(), strict=True)
+    assert 1 - shift_agreement(blurred) < (1 - shift_agreement(plain)) / 5
