@@ -92,16 +92,37 @@ def p95_interval(diffs: np.ndarray, level: float = P95_CI_LEVEL, resamples: int 
     return round(float(lo), 4), round(float(hi), 4)
 
 
-def dp_summary(diffs: np.ndarray, interval: bool = True) -> dict:
+def dp_summary(diffs: np.ndarray) -> dict:
     """mean, 95th percentile (with `p95_interval`'s bootstrap interval) and max of |dP|; rows of a 2-D
     `diffs` are faces, columns their views."""
     rows = np.abs(np.asarray(diffs, np.float64))
     flat = rows.ravel()
     out = {"mean": round(float(flat.mean()), 4), "p95": round(float(np.quantile(flat, 0.95)), 4),
            "max": round(float(flat.max()), 4), "n": int(flat.size)}
-    if interval and len(rows) > 1:
+    if len(rows) > 1:
         out[f"p95_ci{round(P95_CI_LEVEL * 100)}"] = list(p95_interval(rows))
     return out
+
+
+def view_diffs(engine, crops: list[np.ndarray], keys: list[str], make_views, batch: int = 64) -> dict:
+    """P(view) - P(crop) for every model in `keys` and the ensemble, as {key: {view name: one value per
+    crop}}; `make_views(crop)` gives each crop's named views (the same names for every crop)."""
+    diffs: dict[str, dict[str, list]] = {k: {} for k in [*keys, ENSEMBLE_KEY]}
+    for start in range(0, len(crops), batch):
+        part = crops[start:start + batch]
+        views = [make_views(c) for c in part]
+        base = engine.score_crops(part, keys)
+        for name in views[0]:
+            moved = engine.score_crops([v[name] for v in views], keys)
+            for k in keys:
+                diffs[k].setdefault(name, []).append(moved.model_probabilities[k] - base.model_probabilities[k])
+            diffs[ENSEMBLE_KEY].setdefault(name, []).append(moved.ensemble_probability - base.ensemble_probability)
+    return {k: {name: np.concatenate(v) for name, v in by_view.items()} for k, by_view in diffs.items()}
+
+
+def faces_by_views(by_view: dict[str, np.ndarray]) -> np.ndarray:
+    """`view_diffs`' values of one key as a faces x views array, the shape `dp_summary` resamples by face."""
+    return np.stack(list(by_view.values()), axis=1)
 
 
 def stability(engine, crops: list[np.ndarray], models=None, seed: int = 0, batch: int = 64) -> dict:
@@ -109,23 +130,10 @@ def stability(engine, crops: list[np.ndarray], models=None, seed: int = 0, batch
     keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
     model_size = max(engine.models[k].input_size for k in keys)
     rng = np.random.default_rng(seed)
-    diffs: dict[str, dict[str, list]] = {k: {} for k in [*keys, ENSEMBLE_KEY]}
-    for start in range(0, len(crops), batch):
-        part = crops[start:start + batch]
-        views = [crop_views(c, rng, model_size) for c in part]
-        base = engine.score_crops(part, keys)
-        for name in views[0]:
-            moved = engine.score_crops([v[name] for v in views], keys)
-            for k in keys:
-                diffs[k].setdefault(name, []).append(moved.model_probabilities[k] - base.model_probabilities[k])
-            diffs[ENSEMBLE_KEY].setdefault(name, []).append(moved.ensemble_probability - base.ensemble_probability)
-    out = {}
-    for k, by_view in diffs.items():
-        per_face = np.stack([np.concatenate(v) for v in by_view.values()], axis=1)   # faces x views
-        out[k] = {**dp_summary(per_face),
-                  "by_view": {name: dp_summary(np.concatenate(v), interval=False)["mean"]
-                              for name, v in by_view.items()}}
-    return out
+    diffs = view_diffs(engine, crops, keys, lambda c: crop_views(c, rng, model_size), batch)
+    return {k: {**dp_summary(faces_by_views(by_view)),
+                "by_view": {name: round(float(np.abs(v).mean()), 4) for name, v in by_view.items()}}
+            for k, by_view in diffs.items()}
 
 
 # The re-framing check's canvases: (canvas side / crop side, dx, dy); the first is also re-saved as JPEG.

@@ -45,19 +45,8 @@ def pixel_views(crop: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def nudge_sensitivity(engine: ScoringEngine, crops: list[np.ndarray], keys: list[str], batch: int = 64) -> dict:
-    diffs: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in [*keys, ENSEMBLE_KEY]}
-    for start in range(0, len(crops), batch):
-        part = crops[start:start + batch]
-        views = [pixel_views(c) for c in part]
-        base = engine.score_crops(part, keys)
-        for name in views[0]:
-            moved = engine.score_crops([v[name] for v in views], keys)
-            for k in keys:
-                diffs[k].setdefault(name, []).append(moved.model_probabilities[k] - base.model_probabilities[k])
-            diffs[ENSEMBLE_KEY].setdefault(name, []).append(moved.ensemble_probability - base.ensemble_probability)
-    # faces x views, so that the 95th percentile's bootstrap interval resamples faces
-    return {k: stability.dp_summary(np.stack([np.concatenate(v) for v in by_view.values()], axis=1))
-            for k, by_view in diffs.items()}
+    diffs = stability.view_diffs(engine, crops, keys, pixel_views, batch)
+    return {k: stability.dp_summary(stability.faces_by_views(by_view)) for k, by_view in diffs.items()}
 
 
 def main() -> int:
