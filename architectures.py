@@ -192,31 +192,6 @@ def is_blurred(conv: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and isinstance(getattr(conv, "blur", None), nn.Module)
 
 
-def conv_stem_patch_embed(*args, **kwargs) -> nn.Module:
-    """A Swin/ViT patch embedding whose single patchify conv (kernel = stride = patch) is replaced by a
-    convolutional stem: 3x3 stride-2 convs with batch norm and ReLU down to the patch grid, then a
-    1x1 conv to the embedding width (Xiao et al., "Early convolutions help transformers see better",
-    NeurIPS 2021: transformers with such a stem optimise far more readily, which is what a Swin trained
-    from scratch on 25,000 faces lacks; docs/training.md, session 20). Same arguments and output as
-    timm's PatchEmbed, whose forward (layout, norm) is kept; `patch_size` must be a power of two."""
-    from timm.layers import PatchEmbed
-
-    embed = PatchEmbed(*args, **kwargs)
-    patch, width = embed.patch_size[0], embed.proj.out_channels
-    steps = patch.bit_length() - 1
-    if patch != 2 ** steps or steps < 1 or embed.patch_size[0] != embed.patch_size[1]:
-        raise ValueError(f"a conv stem needs a square power-of-two patch, not {embed.patch_size}")
-    layers, channels = [], embed.proj.in_channels
-    for i in range(steps):
-        out = max(8, width >> (steps - 1 - i))       # widths double up to the embedding's
-        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
-                   nn.ReLU(inplace=True)]
-        channels = out
-    layers.append(nn.Conv2d(channels, width, 1))
-    embed.proj = nn.Sequential(*layers)
-    return embed
-
-
 class MobileNetV2Trunk(nn.Module):
     """MobileNetV2 features split into a stride-16 and a stride-32 stage (optionally anti-aliased)."""
 

@@ -106,18 +106,11 @@ def _build_xception(input_size: int, pretrained: bool, anti_alias: bool | int = 
 def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwargs) -> nn.Module:
     import timm
 
-    name = {"tiny": "swin_tiny_patch4_window7_224", "micro": "swin_tiny_patch4_window7_224",
-            "base": "swin_base_patch4_window7_224"}[variant]
-    if variant == "micro":
-        # Half Swin-T's width and two blocks a stage (~7x fewer multiply-adds): a Swin that a CPU can
-        # train from scratch for many more steps in a session (docs/training.md, session 20).
-        kwargs = {"embed_dim": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24)} | kwargs
+    name = {"tiny": "swin_tiny_patch4_window7_224", "base": "swin_base_patch4_window7_224"}[variant]
     # Swin's windows must tile the last stage's grid (input/32): 7 at 224, the largest divisor <= 7
     # otherwise (e.g. 4 at 128, 5 at 160).
     last_grid = input_size // 32
     window = kwargs.pop("window_size", None) or max(w for w in range(1, 8) if last_grid % w == 0)
-    if int(kwargs.pop("conv_stem", 0)):
-        kwargs["embed_layer"] = architectures.conv_stem_patch_embed
     return timm.create_model(name, pretrained=pretrained, num_classes=1, img_size=input_size,
                              window_size=window, **kwargs)
 

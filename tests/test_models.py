@@ -278,20 +278,3 @@ def test_anti_aliased_xception_blurs_its_convs_and_pools_and_steadies_the_shippe
     blurred = get_spec("xception").build(128, anti_alias=1).eval()
     blurred.load_state_dict(plain.state_dict(), strict=True)
     assert 1 - shift_agreement(blurred) < (1 - shift_agreement(plain)) / 5
-
-
-def test_swin_micro_with_a_conv_stem_keeps_the_grid_and_the_visualisation_layers():
-    spec = get_spec("swin")
-    tiny, micro = spec.build(128), spec.build(128, variant="micro", conv_stem=1)
-    assert sum(p.numel() for p in micro.parameters()) < sum(p.numel() for p in tiny.parameters()) / 4
-    stem = micro.patch_embed.proj
-    strided = [m for m in stem.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
-    assert len(strided) == 2 and all(m.kernel_size == (3, 3) for m in strided)   # 4x4 patches from two 3x3 convs
-    x = torch.randn(2, 3, 128, 128)
-    with torch.no_grad():
-        assert micro.eval().patch_embed(x).shape == (2, 32, 32, 48)           # NHWC tokens on the 4-px grid
-        assert micro(x).shape == (2, 1)
-    names = dict(micro.named_modules())
-    assert spec.cam_layer in names
-    with pytest.raises(ValueError, match="power-of-two"):
-        spec.build(128, variant="micro", conv_stem=1, patch_size=3)
