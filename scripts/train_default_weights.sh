@@ -119,10 +119,10 @@ train xception --init-weights "$SESSION13_XCEPTION" --lr 1e-3 --warmup-steps 100
 # Session 19: xception anti-aliased (a blur before its stride-2 convs, max-blur-pools) and fine-tuned
 # from session 18's conversion for one 8,192-sample epoch, distilled as before (teacher regenerated from
 # the shipped voters, runs/rc18/teacher_train.npz); stopped after that epoch for the session's time.
-# Session 20: the same run resumed from its last.pt for three more epochs (best: epoch 4), so as one run:
+# Sessions 20-21: the same run resumed from its last.pt for six more epochs (best: epoch 7), so as one run:
 SESSION18_XCEPTION=${SESSION18_XCEPTION:-converted_models/xception.safetensors}   # git show ea15a92:converted_models/xception.safetensors
 train xception --init-weights "$SESSION18_XCEPTION" --arch-arg anti_alias=1 --lr 1e-4 --warmup-steps 50 \
-    --epoch-samples 8192 --ema 0.995 --epochs 4 --teacher "$OUT/teacher13_train.npz" --output-dir "$OUT/x19"
+    --epoch-samples 8192 --ema 0.995 --epochs 7 --teacher "$OUT/teacher13_train.npz" --output-dir "$OUT/x19"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -143,3 +143,4 @@ echo "== all trained"
 # Session 19: xception is converted from "$OUT/x19/xception/best.pt" (session 18's xception.json beside
 #   its init weights), then --ensemble.
 # Session 20: xception is converted from "$OUT/x19/xception/best.pt" (epoch 4), then --ensemble.
+# Session 21: the same, from epoch 7 (the run went on after session 20's install).
