@@ -161,6 +161,12 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _four_digits(value: float) -> float:
+    """Four significant digits for the epoch log line: round(5e-5, 4) printed a learning rate of
+    5e-5 as 0.0001, twice the real one."""
+    return float(f"{value:.4g}")
+
+
 def warmup_lr(target: float, step: int, steps: int) -> float:
     """Learning rate at optimiser step `step` (from 0) of a linear warm-up to `target` over `steps`."""
     return target if steps <= 0 else target * min(1.0, (step + 1) / steps)
@@ -522,7 +528,7 @@ class Trainer:
                 rng = gathered
             if self.is_main:
                 log.info("epoch %d/%d %s", epoch + 1, a.epochs, json.dumps(
-                    {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+                    {k: _four_digits(v) if isinstance(v, float) else v for k, v in row.items()}))
                 self._mlflow_log(metrics, epoch + 1)
                 payload = {"model": self.kept_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),

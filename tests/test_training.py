@@ -268,3 +268,11 @@ def test_ensemble_refit_caches_a_member_it_had_to_score(tmp_path, monkeypatch):
                                                        "test_time_augmentation": "none"}))
     convert_models._member_logits(models, "xception", runs, "data", "cross")
     assert scored == [3, 3, 3] * 2
+
+
+def test_the_epoch_log_keeps_small_learning_rates():
+    from training_engine import _four_digits
+
+    assert _four_digits(5e-5) == 5e-5      # round(5e-5, 4) gave 0.0001
+    assert _four_digits(0.959237) == 0.9592
+    assert _four_digits(347.74) == 347.7
