@@ -123,6 +123,17 @@ train xception --init-weights "$SESSION13_XCEPTION" --lr 1e-3 --warmup-steps 100
 SESSION18_XCEPTION=${SESSION18_XCEPTION:-converted_models/xception.safetensors}   # git show ea15a92:converted_models/xception.safetensors
 train xception --init-weights "$SESSION18_XCEPTION" --arch-arg anti_alias=1 --lr 1e-4 --warmup-steps 50 \
     --epoch-samples 8192 --ema 0.995 --epochs 7 --teacher "$OUT/teacher13_train.npz" --output-dir "$OUT/x19"
+# Session 21: efficientnet continued from its session-10 conversion, distilled from the shipped xception
+# (session 21), cross_attention and cnn_transformer: two 8,192-sample epochs at 5e-5 with EMA (the
+# distilled arm of docs/training.md's A/B; the control arm was not installed).
+SESSION10_EFFICIENTNET=${SESSION10_EFFICIENTNET:-converted_models/efficientnet.safetensors}   # git show 84f6732:converted_models/efficientnet.safetensors
+SESSION21_MODELS=${SESSION21_MODELS:-converted_models}   # git show 54020f4:converted_models/<key>.{json,safetensors}
+if [[ ! -f "$OUT/teacher21_train.npz" ]]; then
+  "$PY" distill_targets.py --data-dir "$DATA" --out "$OUT/teacher21_train.npz" --checkpoints \
+      "$SESSION21_MODELS/xception.json" "$SESSION21_MODELS/cross_attention.json" "$SESSION21_MODELS/cnn_transformer.json"
+fi
+train efficientnet --init-weights "$SESSION10_EFFICIENTNET" --arch-arg anti_alias=1 --lr 5e-5 --trunk-lr 5e-5 \
+    --warmup-steps 50 --epoch-samples 8192 --ema 0.995 --epochs 2 --teacher "$OUT/teacher21_train.npz" --output-dir "$OUT/eff21"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -143,4 +154,5 @@ echo "== all trained"
 # Session 19: xception is converted from "$OUT/x19/xception/best.pt" (session 18's xception.json beside
 #   its init weights), then --ensemble.
 # Session 20: xception is converted from "$OUT/x19/xception/best.pt" (epoch 4), then --ensemble.
-# Session 21: the same, from epoch 7 (the run went on after session 20's install).
+# Session 21: the same, from epoch 7 (the run went on after session 20's install); then efficientnet
+#   from "$OUT/eff21/efficientnet/best.pt" (epoch 2), then --ensemble.
