@@ -134,6 +134,12 @@ if [[ ! -f "$OUT/teacher21_train.npz" ]]; then
 fi
 train efficientnet --init-weights "$SESSION10_EFFICIENTNET" --arch-arg anti_alias=1 --lr 5e-5 --trunk-lr 5e-5 \
     --warmup-steps 50 --epoch-samples 8192 --ema 0.995 --epochs 2 --teacher "$OUT/teacher21_train.npz" --output-dir "$OUT/eff21"
+# Session 22: cnn_transformer continued from its session-8 conversion with session 8's recipe (two views,
+# EMA, lr 1e-4), five 8,192-sample epochs; stopped during the sixth for the session's time (shipped:
+# epoch 5). Its first epoch ran beside an evaluation, so the budget was raised to 105 on resuming.
+SESSION8_CNN_TRANSFORMER=${SESSION8_CNN_TRANSFORMER:-converted_models/cnn_transformer.safetensors}   # git show 7babb32:converted_models/cnn_transformer.{json,safetensors}
+train cnn_transformer --init-weights "$SESSION8_CNN_TRANSFORMER" --arch-arg anti_alias=1 --views 2 --ema 0.995 \
+    --lr 1e-4 --trunk-lr 1e-4 --warmup-steps 50 --epoch-samples 8192 --epochs 5 --output-dir "$OUT/ct22"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -156,3 +162,4 @@ echo "== all trained"
 # Session 20: xception is converted from "$OUT/x19/xception/best.pt" (epoch 4), then --ensemble.
 # Session 21: the same, from epoch 7 (the run went on after session 20's install); then efficientnet
 #   from "$OUT/eff21/efficientnet/best.pt" (epoch 2), then --ensemble.
+# Session 22: cnn_transformer is converted from "$OUT/ct22/cnn_transformer/best.pt", then --ensemble.
