@@ -19,8 +19,25 @@ from media import MAX_VIDEO_PIXELS_PER_FRAME, MediaError, check_file_size
 # FFmpeg and OpenCV print their own diagnostics for corrupt files ("moov atom not found", "[ WARN ...]")
 # on stderr; the MediaError raised here says it once, in words. Users can still opt in via the env.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
+
+
+def quiet_opencv_log(cv) -> bool:
+    """Lower OpenCV's own log to errors; False where this OpenCV offers no way to.
+
+    requirements.txt allows OpenCV 4.10 and later, and the call moved between the two: OpenCV 4.x has
+    `cv2.setLogLevel(int)` only, 5.x has `cv2.utils.logging.setLogLevel` only."""
+    logging_module = getattr(getattr(cv, "utils", None), "logging", None)
+    if logging_module is not None and hasattr(logging_module, "setLogLevel"):
+        logging_module.setLogLevel(logging_module.LOG_LEVEL_ERROR)
+        return True
+    if hasattr(cv, "setLogLevel"):
+        cv.setLogLevel(2)  # OpenCV 4.x: 2 = LOG_LEVEL_ERROR (cv::utils::logging::LogLevel)
+        return True
+    return False
+
+
 if "OPENCV_LOG_LEVEL" not in os.environ:
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    quiet_opencv_log(cv2)
 
 MAX_SCAN_FRAMES = 20_000      # frames counted by decoding when the header gives no count
 SEQUENTIAL_GAP = 12           # closer sampled frames are reached by grabbing forward, not seeking

@@ -1,13 +1,27 @@
 """Frame sampling, decoding only what is sampled, and face tracks."""
 import numpy as np
 
-from video_processor import assign_tracks, box_iou, iter_frames, probe_video, sample_frame_indices
+from types import SimpleNamespace
+
+from video_processor import assign_tracks, box_iou, iter_frames, probe_video, quiet_opencv_log, sample_frame_indices
 
 
 def test_sample_indices_are_even_and_bounded():
     assert sample_frame_indices(100, 10) == [5, 15, 25, 35, 45, 55, 65, 75, 85, 95]
     assert sample_frame_indices(3, 10) == [0, 1, 2]
     assert sample_frame_indices(0, 10) == []
+
+
+def test_opencv_log_is_quietened_through_either_api():
+    """requirements.txt allows OpenCV 4.x (cv2.setLogLevel) and 5.x (cv2.utils.logging); importing
+    video_processor failed on 4.x before session 23."""
+    calls = []
+    five = SimpleNamespace(utils=SimpleNamespace(logging=SimpleNamespace(
+        LOG_LEVEL_ERROR=2, setLogLevel=lambda level: calls.append(("5.x", level)))))
+    four = SimpleNamespace(utils=SimpleNamespace(), setLogLevel=lambda level: calls.append(("4.x", level)))
+    assert quiet_opencv_log(five) and quiet_opencv_log(four)
+    assert calls == [("5.x", 2), ("4.x", 2)]
+    assert not quiet_opencv_log(SimpleNamespace(utils=SimpleNamespace()))
 
 
 def test_iter_frames_returns_the_requested_frames(tmp_path):
