@@ -140,6 +140,12 @@ train efficientnet --init-weights "$SESSION10_EFFICIENTNET" --arch-arg anti_alia
 SESSION8_CNN_TRANSFORMER=${SESSION8_CNN_TRANSFORMER:-converted_models/cnn_transformer.safetensors}   # git show 7babb32:converted_models/cnn_transformer.{json,safetensors}
 train cnn_transformer --init-weights "$SESSION8_CNN_TRANSFORMER" --arch-arg anti_alias=1 --views 2 --ema 0.995 \
     --lr 1e-4 --trunk-lr 1e-4 --warmup-steps 50 --epoch-samples 8192 --epochs 5 --output-dir "$OUT/ct22"
+# Session 23: cross_attention continued from its session-9 conversion with session 9's recipe (two views,
+# EMA, lr 1e-4, which ReduceLROnPlateau cut to 3e-5 after epoch 4); nine epochs before the 110-minute
+# budget stopped it (shipped: epoch 8, its best val AUC).
+SESSION9_CROSS_ATTENTION=${SESSION9_CROSS_ATTENTION:-converted_models/cross_attention.safetensors}   # git show 252ec7d:converted_models/cross_attention.{json,safetensors}
+train cross_attention --init-weights "$SESSION9_CROSS_ATTENTION" --arch-arg anti_alias=1 --views 2 --ema 0.995 \
+    --lr 1e-4 --trunk-lr 1e-4 --warmup-steps 50 --epoch-samples 8192 --epochs 9 --output-dir "$OUT/ca23"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -163,3 +169,4 @@ echo "== all trained"
 # Session 21: the same, from epoch 7 (the run went on after session 20's install); then efficientnet
 #   from "$OUT/eff21/efficientnet/best.pt" (epoch 2), then --ensemble.
 # Session 22: cnn_transformer is converted from "$OUT/ct22/cnn_transformer/best.pt", then --ensemble.
+# Session 23: cross_attention is converted from "$OUT/ca23/cross_attention/best.pt" (epoch 8), then --ensemble.
