@@ -1,7 +1,7 @@
 """Frame sampling, decoding only what is sampled, and face tracks."""
-import numpy as np
-
 from types import SimpleNamespace
+
+import numpy as np
 
 from video_processor import assign_tracks, box_iou, iter_frames, probe_video, quiet_opencv_log, sample_frame_indices
 
