@@ -151,11 +151,12 @@ def _media_records(data_dir: str) -> pd.DataFrame:
 
 def format_table(result: dict) -> str:
     lines = [f"{result['data_dir']} [{result['split']}] n={result['n']} threshold={result['threshold']}",
-             f"{'model':<16}{'AUC':>8}{'AP':>8}{'EER':>8}{'ACC':>8}" +
+             f"{'model':<16}{'AUC':>8}{'AP':>8}{'EER':>8}{'ACC':>8}{'P|real':>8}{'FPR':>8}{'P|fake':>8}{'TPR':>8}" +
              (f"{'vAUC':>8}" if "video_auc" in result["models"][ENSEMBLE_KEY] else "")]
     for k, m in result["models"].items():
         fmt = lambda v: f"{v:8.4f}" if isinstance(v, float) and not math.isnan(v) else f"{'n/a':>8}"  # noqa: E731
-        line = f"{k:<16}{fmt(m['auc'])}{fmt(m['ap'])}{fmt(m['eer'])}{fmt(m['accuracy'])}"
+        line = f"{k:<16}" + "".join(fmt(m[name]) for name in
+                                    ("auc", "ap", "eer", "accuracy", "real_mean_p", "fpr", "fake_mean_p", "tpr"))
         if "video_auc" in m:
             line += fmt(m["video_auc"])
         lines.append(line)

@@ -18,12 +18,21 @@ def equal_error_rate(labels, scores) -> float:
 def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     """AUC, AP, EER and accuracy at `threshold` for labels (1 = fake) and P(fake) scores.
 
-    With a single class present AUC/AP/EER are undefined and reported as NaN, not invented.
+    Also each class's own figures, which a ranking metric hides: on the real faces the mean P(fake)
+    and the false-positive rate (share at or above `threshold`), on the fakes the mean P(fake) and the
+    true-positive rate. They say whether a model that ranks well still calls real people fake.
+    With a single class present AUC/AP/EER are undefined and reported as NaN, not invented; a class
+    that is absent gets NaN for its own figures.
     """
     labels = np.asarray(labels).astype(int).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     out = {"n": int(labels.size), "n_fake": int(labels.sum()),
            "accuracy": float(np.mean((scores >= threshold) == (labels == 1))) if labels.size else math.nan}
+    real, fake = scores[labels == 0], scores[labels == 1]
+    out.update(real_mean_p=float(real.mean()) if real.size else math.nan,
+               fpr=float(np.mean(real >= threshold)) if real.size else math.nan,
+               fake_mean_p=float(fake.mean()) if fake.size else math.nan,
+               tpr=float(np.mean(fake >= threshold)) if fake.size else math.nan)
     if labels.size and 0 < labels.sum() < labels.size:
         out.update(auc=float(roc_auc_score(labels, scores)), ap=float(average_precision_score(labels, scores)),
                    eer=equal_error_rate(labels, scores))

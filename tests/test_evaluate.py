@@ -30,6 +30,20 @@ def test_single_class_metrics_are_nan_not_invented():
     assert math.isnan(m["auc"]) and m["accuracy"] == pytest.approx(1 / 3)
 
 
+def test_per_class_figures_count_each_class_on_its_own():
+    # three real faces (one called fake at 0.5) and two fakes (one missed)
+    m = binary_metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.6, 0.9, 0.3], threshold=0.5)
+    assert m["real_mean_p"] == pytest.approx(0.3) and m["fpr"] == pytest.approx(1 / 3)
+    assert m["fake_mean_p"] == pytest.approx(0.6) and m["tpr"] == pytest.approx(0.5)
+    # the threshold is inclusive, as for accuracy
+    assert binary_metrics([0, 1], [0.5, 0.5], threshold=0.5)["fpr"] == 1.0
+
+
+def test_per_class_figures_of_an_absent_class_are_nan():
+    m = binary_metrics([0, 0], [0.2, 0.7])
+    assert m["fpr"] == pytest.approx(0.5) and math.isnan(m["tpr"]) and math.isnan(m["fake_mean_p"])
+
+
 def test_video_auc_uses_mean_frame_scores():
     vids = ["a", "a", "b", "b", "c", "c"]
     labels = [1, 1, 0, 0, 1, 1]
