@@ -1,0 +1,151 @@
+"""Judge a training checkpoint against the installed models, the way docs/training.md's install rules
+read: nothing in `converted_models/` changes; everything happens in a copy.
+
+    .venv/bin/python scripts/judge_candidate.py --checkpoint runs/rc24/eff/efficientnet/best.pt \
+        --work runs/rc24/judge [--cache-from runs/rc22/evalcache_ca] [--installed-nudge]
+
+Steps (each a repository command, so each figure can be reproduced on its own):
+1. copy `converted_models/` to WORK/installed and WORK/candidate; seed WORK/evalcache with the
+   members' cached evaluation logits (`--cache-from`; members whose weights changed are scored again);
+2. the installed models' figures, from those logits (before the conversion overwrites the candidate
+   key's cache): every member's and the ensemble's AUC, and on the real faces the mean P(fake) and the
+   false-positive rate at 0.5, on val, test and the cross-dataset set;
+3. `convert_models.py --checkpoint CKPT` into WORK/candidate (calibrates on val, measures test and
+   the cross-dataset set);
+4. `scripts/experiments/nudge_sensitivity.py --split val --n 400 --models KEY` on the candidate (and
+   on the installed model with `--installed-nudge`);
+5. `convert_models.py --ensemble` refits the ensemble over the candidate set;
+6. `evaluate.py --split val --stability --max-samples 200 --reframing 40` on the candidate set;
+7. the candidate set's figures as in step 2, and a table of both side by side (WORK/judge.json).
+
+The install decision stays with the rule written before the run ended; this script only measures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from convert_models import _member_logits  # noqa: E402
+from metrics import binary_metrics  # noqa: E402
+from model_store import read_manifest  # noqa: E402
+from registry import ENSEMBLE_KEY, MODEL_KEYS  # noqa: E402
+from scoring import combine, sigmoid  # noqa: E402
+
+SETS = ("val", "test", "cross_dataset")
+FIGURES = ("auc", "real_mean_p", "fpr")
+
+
+def figures_from_logits(members: dict[str, dict[str, np.ndarray]], ensemble: dict) -> dict:
+    """{model or ensemble: {set: {auc, real_mean_p, fpr, ...}}} from each member's calibrated logits
+    per set (`members[key][f"{set}_logits"]`, `f"{set}_labels"`) and an ensemble manifest body."""
+    keys = list(members)
+    sets = [s for s in SETS if all(f"{s}_logits" in members[k] for k in keys)]
+    out = {k: {s: binary_metrics(members[k][f"{s}_labels"], sigmoid(members[k][f"{s}_logits"])) for s in sets}
+           for k in keys}
+    out[ENSEMBLE_KEY] = {}
+    for s in sets:
+        logits = {k: members[k][f"{s}_logits"] for k in keys}
+        out[ENSEMBLE_KEY][s] = binary_metrics(members[keys[0]][f"{s}_labels"], combine(ensemble, logits, keys))
+    return out
+
+
+def figures_of(models_dir: Path, cache_dir: Path, data_dir: str, cross_data: str) -> dict:
+    keys = [k for k in MODEL_KEYS if (models_dir / f"{k}.json").exists()]
+    members = {k: _member_logits(models_dir, k, cache_dir, data_dir, cross_data) for k in keys}
+    return figures_from_logits(members, json.loads((models_dir / f"{ENSEMBLE_KEY}.json").read_text()))
+
+
+def side_by_side(before: dict, after: dict, names=FIGURES) -> str:
+    """A markdown table: one row per model, `before -> after` for each set and figure."""
+    def cell(a, b):
+        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+        return fmt(a) if fmt(a) == fmt(b) else f"{fmt(a)} -> {fmt(b)}"
+
+    sets = [s for s in SETS if any(s in row for row in after.values())]
+    head = [f"{s} {n}" for s in sets for n in names]
+    lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for key in after:
+        cells = [cell(before.get(key, {}).get(s, {}).get(n), after[key].get(s, {}).get(n)) for s in sets for n in names]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _run(cmd: list[str], log) -> None:
+    print("$", " ".join(cmd), flush=True)
+    start = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    print(f"  done in {time.time() - start:.0f} s", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Measure a checkpoint against the installed models (nothing installed).")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--work", required=True, help="a new folder for the copies, logs and results")
+    p.add_argument("--installed", default=str(ROOT / "converted_models"))
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "dfdc-faces"))
+    p.add_argument("--cross-data", default=str(ROOT.parent / "shared" / "datasets" / "ffhq-stylegan2-faces"))
+    p.add_argument("--cache-from", default=None, help="a folder of cached evaluation logits to start from")
+    p.add_argument("--installed-nudge", action="store_true", help="also measure the installed model's nudge")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    installed, candidate, cache = work / "installed", work / "candidate", work / "evalcache"
+    for copy in (installed, candidate):
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(a.installed, copy)
+    if a.cache_from:
+        shutil.copytree(a.cache_from, cache, dirs_exist_ok=True)
+    from training_engine import load_checkpoint
+
+    key = json.loads(load_checkpoint(Path(a.checkpoint))["config"])["model"]
+    py = sys.executable
+    data = ["--data-dir", a.data_dir, "--cross-data", a.cross_data]
+    with open(work / "judge.log", "a") as log:
+        print("installed figures", flush=True)
+        before = figures_of(installed, cache, a.data_dir, a.cross_data)
+        _run([py, "convert_models.py", "--checkpoint", a.checkpoint, *data, "--out", str(candidate),
+              "--runs-dir", str(cache)], log)
+        nudge = {}
+        for name, folder in (("candidate", candidate),) + ((("installed", installed),) if a.installed_nudge else ()):
+            out = work / f"nudge_{name}.json"
+            _run([py, "scripts/experiments/nudge_sensitivity.py", "--data-dir", a.data_dir, "--split", "val",
+                  "--n", "400", "--threads", str(a.threads), "--models-dir", str(folder), "--models", key,
+                  "--json", str(out)], log)
+            nudge[name] = json.loads(out.read_text())["dp"][key]
+        _run([py, "convert_models.py", *data, "--ensemble", "--out", str(candidate), "--runs-dir", str(cache)], log)
+        with open(work / "val_stability.json", "w") as out:
+            print("$ evaluate.py --split val --stability --max-samples 200 --reframing 40", flush=True)
+            subprocess.run([py, "evaluate.py", "--data-dir", a.data_dir, "--split", "val", "--stability",
+                            "--max-samples", "200", "--reframing", "40", "--models-dir", str(candidate), "--json"],
+                           cwd=ROOT, check=True, stdout=out, stderr=log)
+        after = figures_of(candidate, cache, a.data_dir, a.cross_data)
+    stab = json.loads((work / "val_stability.json").read_text())
+    manifest = read_manifest(candidate / f"{key}.json")
+    result = {"checkpoint": a.checkpoint, "key": key, "temperature": manifest["temperature"],
+              "nudge": nudge, "ensemble_method": json.loads((candidate / f"{ENSEMBLE_KEY}.json").read_text())["chosen"],
+              "val_recut": stab["stability"][ENSEMBLE_KEY], "val_reframing": stab["reframing"][ENSEMBLE_KEY],
+              "before": before, "after": after}
+    (work / "judge.json").write_text(json.dumps(result, indent=1, default=float))
+    print(side_by_side(before, after))
+    print(f"{key}: T {manifest['temperature']}; nudge " + "; ".join(
+        f"{n} {d['mean']} / {d['p95']} {d['p95_ci90']} / {d['max']}" for n, d in nudge.items()))
+    print(f"ensemble ({result['ensemble_method']}): val re-cut p95 {result['val_recut']['p95']} "
+          f"{result['val_recut'].get('p95_ci90')}, val re-framing p95 {result['val_reframing']['p95']} "
+          f"{result['val_reframing'].get('p95_ci90')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
