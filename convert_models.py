@@ -206,6 +206,24 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     return manifest
 
 
+def remeasure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, runs_dir: Path) -> dict:
+    """Recompute an installed model's recorded metrics from its calibrated evaluation logits (cached
+    under `runs_dir/key`, or scored again when the cache does not match its weights, temperature and
+    flip) without refitting anything: for figures added after the model was converted, such as the
+    per-class ones. Its weights, temperature and `converted_at` stay as they are."""
+    manifest_path = out_dir / f"{key}.json"
+    logits = _member_logits(out_dir, key, runs_dir, data_dir, cross_data)
+    manifest = read_manifest(manifest_path)
+    sets = _eval_sets(data_dir, cross_data)
+    metrics = {name: binary_metrics(logits[f"{name}_labels"], sigmoid(logits[f"{name}_logits"])) for name, _, _ in sets}
+    for name, ddir, split in sets[1:]:
+        metrics[name].update(dataset=Path(ddir).name, split=split, command=_metric_cmd(ddir, split))
+    manifest["metrics"] = metrics
+    atomic_write_json(manifest_path, manifest)
+    log.info("%s: remeasured, val AUC %.4f test AUC %.4f", key, metrics["val"]["auc"], metrics["test"]["auc"])
+    return manifest
+
+
 def write_eval_cache(path: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
     """Calibrated logits and labels per evaluation set, for the ensemble fit (outside git), keyed by the
     model's weights (SHA-256), temperature and test-time augmentation: `read_eval_cache` trusts them
@@ -221,7 +239,7 @@ def read_eval_cache(path: Path, manifest: dict) -> dict | None:
     with np.load(path, allow_pickle=False) as d:
         if str(d["sha256"]) == manifest["sha256"] and "temperature" in d.files and \
                 float(d["temperature"]) == float(manifest["temperature"]) and \
-                "tta" in d.files and str(d["tta"]) == manifest.get("test_time_augmentation"):
+                "tta" in d.files and str(d["tta"]) == (manifest.get("test_time_augmentation") or ""):
             return {k: d[k] for k in d.files}
     return None
 
@@ -297,6 +315,9 @@ def main(argv=None) -> int:
     p.add_argument("--recalibrate", nargs="*", default=[], metavar="KEY",
                    help="refit the temperature of installed models on val and re-measure them (e.g. after a "
                         "change of test-time augmentation)")
+    p.add_argument("--remeasure", nargs="*", default=[], metavar="KEY",
+                   help="recompute installed models' recorded metrics from their evaluation logits (cached in "
+                        "--runs-dir when they match the weights) without refitting the temperature")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     out_dir = Path(a.out)
@@ -304,6 +325,8 @@ def main(argv=None) -> int:
         convert_checkpoint(ckpt, a.data_dir, out_dir, a.cross_data)
     for key in a.recalibrate:
         calibrate_and_measure(out_dir, get_spec(key).key, a.data_dir, a.cross_data, Path(a.runs_dir) / key)
+    for key in a.remeasure:
+        remeasure(out_dir, get_spec(key).key, a.data_dir, a.cross_data, Path(a.runs_dir))
     if a.ensemble:
         fit_ensemble(out_dir, Path(a.runs_dir), a.data_dir, a.cross_data)
         # Voting decides the flip and the flip the temperature: members whose vote changed are

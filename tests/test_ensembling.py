@@ -139,3 +139,27 @@ def test_members_whose_vote_changed_are_found_for_recalibration(tmp_path):
     atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
                                                  "weights": {"efficientnet": 0.0, "xception": 1.0}})
     assert flip_out_of_date(models) == ["xception", "efficientnet"]     # registry order
+
+
+def test_remeasure_recomputes_metrics_from_the_cached_logits_and_keeps_the_temperature(tmp_path):
+    """`convert_models.py --remeasure`: new figures for an unchanged model come from the logits its
+    conversion cached, and nothing it was fitted with moves."""
+    from convert_models import remeasure, write_eval_cache
+    from metrics import binary_metrics
+    from model_store import read_manifest, write_random_models
+    from scoring import sigmoid
+
+    models = write_random_models(tmp_path / "m", keys=["efficientnet"], size=64, ensemble=False)
+    before = read_manifest(models / "efficientnet.json")
+    z, y = make_members()
+    arrays = {}
+    for name in ("val", "test", "cross_dataset"):
+        arrays[f"{name}_logits"], arrays[f"{name}_labels"] = z["good"], y
+    write_eval_cache(tmp_path / "cache" / "efficientnet" / "eval_logits.npz", before, arrays)
+    after = remeasure(models, "efficientnet", "dfdc-faces", "ffhq", tmp_path / "cache")
+    assert read_manifest(models / "efficientnet.json") == after
+    assert after["temperature"] == before["temperature"] and after["sha256"] == before["sha256"]
+    expected = binary_metrics(y, sigmoid(z["good"]))
+    assert after["metrics"]["val"]["fpr"] == pytest.approx(expected["fpr"])
+    assert after["metrics"]["cross_dataset"]["real_mean_p"] == pytest.approx(expected["real_mean_p"])
+    assert after["metrics"]["cross_dataset"]["dataset"] == "ffhq" and after["metrics"]["test"]["split"] == "test"
