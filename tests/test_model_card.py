@@ -47,3 +47,16 @@ def test_a_95th_percentile_shows_its_interval_when_the_stability_file_has_one():
     card = _model_card()
     assert card.p95_cell({"p95": 0.1143, "p95_ci90": [0.0812, 0.1491]}) == "0.114 [0.08, 0.15]"
     assert card.p95_cell({"p95": 0.1143}) == "0.114"     # a stability file written before intervals
+
+
+def test_false_positive_table_lists_only_manifests_that_record_the_figures(tmp_path):
+    import json
+
+    card = _model_card()
+    assert card.false_positive_rows(tmp_path) == []          # nothing installed: no table
+    (tmp_path / "xception.json").write_text(json.dumps({"metrics": {"test": {"auc": 0.9}}}))   # an older manifest
+    assert card.false_positive_rows(tmp_path) == []
+    (tmp_path / "swin.json").write_text(json.dumps({"metrics": {
+        "test": {"fpr": 0.0625, "real_mean_p": 0.1234}, "cross_dataset": {"auc": 0.5}}}))
+    rows = card.false_positive_rows(tmp_path)
+    assert rows[-1] == "| `swin` | 6.2 % (0.123) | n/a |" and len([r for r in rows if r.startswith("| `")]) == 1
