@@ -98,6 +98,10 @@ def main(argv=None) -> int:
     p.add_argument("--cache-from", default=None, help="a folder of cached evaluation logits to start from")
     p.add_argument("--installed-nudge", action="store_true", help="also measure the installed model's nudge")
     p.add_argument("--threads", type=int, default=2)
+    # The install rules' sizes; smaller ones only to try the script out.
+    p.add_argument("--nudge-n", type=int, default=400)
+    p.add_argument("--stability-samples", type=int, default=200)
+    p.add_argument("--reframing", type=int, default=40)
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -117,18 +121,24 @@ def main(argv=None) -> int:
         before = figures_of(installed, cache, a.data_dir, a.cross_data)
         _run([py, "convert_models.py", "--checkpoint", a.checkpoint, *data, "--out", str(candidate),
               "--runs-dir", str(cache)], log)
+        # The conversion caches the candidate's logits beside its checkpoint; the ensemble refit reads
+        # them from the cache folder (it would score the candidate again otherwise).
+        (cache / key).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(a.checkpoint).parent / "eval_logits.npz", cache / key / "eval_logits.npz")
         nudge = {}
         for name, folder in (("candidate", candidate),) + ((("installed", installed),) if a.installed_nudge else ()):
             out = work / f"nudge_{name}.json"
             _run([py, "scripts/experiments/nudge_sensitivity.py", "--data-dir", a.data_dir, "--split", "val",
-                  "--n", "400", "--threads", str(a.threads), "--models-dir", str(folder), "--models", key,
+                  "--n", str(a.nudge_n), "--threads", str(a.threads), "--models-dir", str(folder), "--models", key,
                   "--json", str(out)], log)
             nudge[name] = json.loads(out.read_text())["dp"][key]
         _run([py, "convert_models.py", *data, "--ensemble", "--out", str(candidate), "--runs-dir", str(cache)], log)
         with open(work / "val_stability.json", "w") as out:
-            print("$ evaluate.py --split val --stability --max-samples 200 --reframing 40", flush=True)
+            print(f"$ evaluate.py --split val --stability --max-samples {a.stability_samples} "
+                  f"--reframing {a.reframing}", flush=True)
             subprocess.run([py, "evaluate.py", "--data-dir", a.data_dir, "--split", "val", "--stability",
-                            "--max-samples", "200", "--reframing", "40", "--models-dir", str(candidate), "--json"],
+                            "--max-samples", str(a.stability_samples), "--reframing", str(a.reframing),
+                            "--models-dir", str(candidate), "--json"],
                            cwd=ROOT, check=True, stdout=out, stderr=log)
         after = figures_of(candidate, cache, a.data_dir, a.cross_data)
     stab = json.loads((work / "val_stability.json").read_text())
