@@ -68,3 +68,13 @@ def test_evaluate_on_a_crop_dataset_reports_all_models(random_models_dir, tmp_pa
     result = evaluate.evaluate(str(data), "train", random_models_dir)
     for key, z in result["_logits"].items():
         assert result["models"][key]["auc"] == pytest.approx(roc_auc_score(result["_labels"], z))
+
+
+def test_the_printed_table_shows_each_class_figures():
+    m = binary_metrics([0, 0, 1, 1], [0.1, 0.7, 0.8, 0.4])
+    table = evaluate.format_table({"data_dir": "d", "split": "test", "n": 4, "threshold": 0.5,
+                                   "models": {"xception": m, "ensemble": m}}).splitlines()
+    assert table[1].split() == ["model", "AUC", "AP", "EER", "ACC", "P|real", "FPR", "P|fake", "TPR"]
+    row = table[2].split()
+    assert row[0] == "xception" and float(row[5]) == pytest.approx(0.4) and float(row[6]) == pytest.approx(0.5)
+    assert float(row[7]) == pytest.approx(0.6) and float(row[8]) == pytest.approx(0.5)
