@@ -1,19 +1,13 @@
 """scripts/judge_candidate.py: the figures it reports come from the members' logits and the ensemble
 manifest, each class counted on its own; its table shows what changed."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _judge():
-    spec = importlib.util.spec_from_file_location("judge_candidate", ROOT / "scripts" / "judge_candidate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("judge_candidate")
 
 
 def _member(val, test):

@@ -1,15 +1,10 @@
 """scripts/model_card.py: the README's tables come from the manifests, a continued model's runs summed."""
-import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _model_card():
-    spec = importlib.util.spec_from_file_location("model_card", ROOT / "scripts" / "model_card.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("model_card")
 
 
 def test_phases_follow_the_lineage_newest_first():
