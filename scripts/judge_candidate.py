@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -93,8 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--work", required=True, help="a new folder for the copies, logs and results")
     p.add_argument("--installed", default=str(ROOT / "converted_models"))
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "dfdc-faces"))
-    p.add_argument("--cross-data", default=str(ROOT.parent / "shared" / "datasets" / "ffhq-stylegan2-faces"))
+    # Relative to the repository (every step runs there), as the manifests record the commands.
+    p.add_argument("--data-dir", default="../shared/datasets/dfdc-faces", help="relative to the repository")
+    p.add_argument("--cross-data", default="../shared/datasets/ffhq-stylegan2-faces")
     p.add_argument("--cache-from", default=None, help="a folder of cached evaluation logits to start from")
     p.add_argument("--installed-nudge", action="store_true", help="also measure the installed model's nudge")
     p.add_argument("--threads", type=int, default=2)
@@ -103,6 +105,11 @@ def main(argv=None) -> int:
     p.add_argument("--stability-samples", type=int, default=200)
     p.add_argument("--reframing", type=int, default=40)
     a = p.parse_args(argv)
+    # Every step runs in the repository, so the dataset paths the manifests record stay relative.
+    for name in ("checkpoint", "work", "installed", "cache_from"):
+        if getattr(a, name):
+            setattr(a, name, str(Path(getattr(a, name)).resolve()))
+    os.chdir(ROOT)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     installed, candidate, cache = work / "installed", work / "candidate", work / "evalcache"
