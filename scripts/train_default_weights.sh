@@ -135,11 +135,13 @@ fi
 train efficientnet --init-weights "$SESSION10_EFFICIENTNET" --arch-arg anti_alias=1 --lr 5e-5 --trunk-lr 5e-5 \
     --warmup-steps 50 --epoch-samples 8192 --ema 0.995 --epochs 2 --teacher "$OUT/teacher21_train.npz" --output-dir "$OUT/eff21"
 # Session 22: cnn_transformer continued from its session-8 conversion with session 8's recipe (two views,
-# EMA, lr 1e-4), five 8,192-sample epochs; stopped during the sixth for the session's time (shipped:
-# epoch 5). Its first epoch ran beside an evaluation, so the budget was raised to 105 on resuming.
+# EMA, lr 1e-4), five 8,192-sample epochs; stopped during the sixth for the session's time. Its first
+# epoch ran beside an evaluation, so the budget was raised to 105 on resuming. Session 24 resumed it from
+# its last.pt for eight more (ReduceLROnPlateau cut the rate to 3e-5 after epoch 11) and stopped it after
+# epoch 13 for the session's time (shipped: epoch 13, its best val AUC), so as one run:
 SESSION8_CNN_TRANSFORMER=${SESSION8_CNN_TRANSFORMER:-converted_models/cnn_transformer.safetensors}   # git show 7babb32:converted_models/cnn_transformer.{json,safetensors}
 train cnn_transformer --init-weights "$SESSION8_CNN_TRANSFORMER" --arch-arg anti_alias=1 --views 2 --ema 0.995 \
-    --lr 1e-4 --trunk-lr 1e-4 --warmup-steps 50 --epoch-samples 8192 --epochs 5 --output-dir "$OUT/ct22"
+    --lr 1e-4 --trunk-lr 1e-4 --warmup-steps 50 --epoch-samples 8192 --epochs 13 --output-dir "$OUT/ct22"
 # Session 23: cross_attention continued from its session-9 conversion with session 9's recipe (two views,
 # EMA, lr 1e-4, which ReduceLROnPlateau cut to 3e-5 after epoch 4); nine epochs before the 110-minute
 # budget stopped it (shipped: epoch 8, its best val AUC).
