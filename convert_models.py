@@ -193,10 +193,7 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     manifest["threshold"] = 0.5
     manifest["test_time_augmentation"] = _tta_words(engine.uses_flip(key))
     cache = {name: (z / temperature, labels) for name, (z, labels) in raw.items()}
-    metrics = {name: binary_metrics(labels, sigmoid(z)) for name, (z, labels) in cache.items()}
-    for name, ddir, split in sets[1:]:
-        metrics[name].update(dataset=Path(ddir).name, split=split, command=_metric_cmd(ddir, split))
-    manifest["metrics"] = metrics
+    manifest["metrics"] = metrics = _recorded_metrics(cache, sets)
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(manifest_path, manifest)
     write_eval_cache(cache_dir / "eval_logits.npz", manifest,
@@ -204,6 +201,15 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     log.info("%s: T=%.3f val AUC %.4f test AUC %.4f%s", key, temperature, metrics["val"]["auc"],
              metrics["test"]["auc"], f" cross AUC {metrics['cross_dataset']['auc']:.4f}" if cross_data else "")
     return manifest
+
+
+def _recorded_metrics(cache: dict, sets: list[tuple[str, str, str]]) -> dict:
+    """A manifest's `metrics`: each set's figures from its calibrated logits and labels, and for the
+    sets that only report, the dataset, split and command that reproduce them."""
+    metrics = {name: binary_metrics(labels, sigmoid(z)) for name, (z, labels) in cache.items()}
+    for name, ddir, split in sets[1:]:
+        metrics[name].update(dataset=Path(ddir).name, split=split, command=_metric_cmd(ddir, split))
+    return metrics
 
 
 def remeasure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, runs_dir: Path) -> dict:
@@ -215,10 +221,8 @@ def remeasure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, ru
     logits = _member_logits(out_dir, key, runs_dir, data_dir, cross_data)
     manifest = read_manifest(manifest_path)
     sets = _eval_sets(data_dir, cross_data)
-    metrics = {name: binary_metrics(logits[f"{name}_labels"], sigmoid(logits[f"{name}_logits"])) for name, _, _ in sets}
-    for name, ddir, split in sets[1:]:
-        metrics[name].update(dataset=Path(ddir).name, split=split, command=_metric_cmd(ddir, split))
-    manifest["metrics"] = metrics
+    cache = {name: (logits[f"{name}_logits"], logits[f"{name}_labels"]) for name, _, _ in sets}
+    manifest["metrics"] = metrics = _recorded_metrics(cache, sets)
     atomic_write_json(manifest_path, manifest)
     log.info("%s: remeasured, val AUC %.4f test AUC %.4f", key, metrics["val"]["auc"], metrics["test"]["auc"])
     return manifest
