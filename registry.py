@@ -103,7 +103,12 @@ def _build_xception(input_size: int, pretrained: bool, anti_alias: bool | int = 
     return model
 
 
-def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwargs) -> nn.Module:
+def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", stem: str = "patch",
+                **kwargs) -> nn.Module:
+    """timm's Swin-T (or Swin-B). `stem="mobilenet_v2"` replaces the 4x4 patchify conv by
+    architectures.MobileNetV2PatchStem; `pretrained` then loads that stem's offline ImageNet weights
+    and the shifted-window stages start from scratch (timm's Swin weights, which need internet, were
+    trained behind a different embedding)."""
     import timm
 
     name = {"tiny": "swin_tiny_patch4_window7_224", "base": "swin_base_patch4_window7_224"}[variant]
@@ -111,8 +116,13 @@ def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", **kwar
     # otherwise (e.g. 4 at 128, 5 at 160).
     last_grid = input_size // 32
     window = kwargs.pop("window_size", None) or max(w for w in range(1, 8) if last_grid % w == 0)
-    return timm.create_model(name, pretrained=pretrained, num_classes=1, img_size=input_size,
-                             window_size=window, **kwargs)
+    if stem not in ("patch", "mobilenet_v2"):
+        raise ValueError(f"unknown Swin stem {stem!r}; known: patch, mobilenet_v2")
+    model = timm.create_model(name, pretrained=pretrained and stem == "patch", num_classes=1,
+                              img_size=input_size, window_size=window, **kwargs)
+    if stem == "mobilenet_v2":
+        model.patch_embed.proj = architectures.MobileNetV2PatchStem(model.embed_dim, pretrained=pretrained)
+    return model
 
 
 def _build_efficientnet(input_size: int, pretrained: bool, variant: str = "lite2", anti_alias: bool | int = False,
@@ -163,7 +173,9 @@ register(ModelSpec(
 register(ModelSpec(
     key="swin", title="Swin Transformer", build_fn=_build_swin, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,
-    description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B)."))
+    trunk_prefix="patch_embed.proj.stem.",
+    description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B); "
+                "stem='mobilenet_v2' embeds patches with MobileNetV2's first blocks (offline ImageNet weights)."))
 # The custom models' trunk (architecture arg `trunk`): MobileNetV2 (default) or EfficientNet-Lite,
 # both with offline ImageNet weights. Grad-CAM layers (trunk.stage16 / trunk.stage32) exist in both;
 # the feature-map layers are named per trunk.

