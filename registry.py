@@ -173,7 +173,8 @@ register(ModelSpec(
 register(ModelSpec(
     key="swin", title="Swin Transformer", build_fn=_build_swin, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,
-    trunk_prefix="patch_embed.proj.stem.",
+    trunk_prefix="patch_embed.proj.stem.", variant_arg="stem",
+    variant_feature_layers={"mobilenet_v2": ("patch_embed.proj.stem.1", "patch_embed.proj.stem.3")},
     description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B); "
                 "stem='mobilenet_v2' embeds patches with MobileNetV2's first blocks (offline ImageNet weights)."))
 # The custom models' trunk (architecture arg `trunk`): MobileNetV2 (default) or EfficientNet-Lite,

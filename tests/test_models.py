@@ -110,6 +110,10 @@ def test_swin_with_the_mobilenet_v2_stem_keeps_its_token_grid_and_takes_imagenet
                            reference[0][0].weight)
     with pytest.raises(ValueError, match="stem"):
         spec.build(128, stem="resnet")
+    # The stem is a CNN: the app shows its feature maps (the patchify conv has none worth showing).
+    assert spec.layers_to_show() == ()
+    layers = spec.layers_to_show({"stem": "mobilenet_v2"})
+    assert layers and set(layers) <= set(dict(stemmed.named_modules()))
 
 
 @pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite2", 260)])
