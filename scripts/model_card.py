@@ -77,6 +77,18 @@ def false_positive_rows(models_dir) -> list[str]:
             "| model | DFDC test | FFHQ real photos |", "|---|---|---|"] + rows
 
 
+def starting_point(manifest: dict) -> str:
+    """Where a manifest's last run started: earlier weights, ImageNet weights (all of a pretrained trunk,
+    or only a stem, as Swin's stem=mobilenet_v2) or nothing."""
+    tr = manifest.get("training", {})
+    if started_from(tr):
+        return "continued from earlier weights"
+    if not tr.get("pretrained_trunk"):
+        return "from scratch"
+    stem = manifest.get("architecture", {}).get("args", {}).get("stem", "patch")
+    return "from ImageNet weights" if stem == "patch" else f"from ImageNet weights in a {stem} stem, the rest from scratch"
+
+
 def main(models_dir=ROOT / "converted_models") -> str:
     rows = ["| model | architecture | input | params | trained | test AUC | test AP | test EER | test acc | "
             "FFHQ/StyleGAN2 AUC | AP | EER |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -88,9 +100,7 @@ def main(models_dir=ROOT / "converted_models") -> str:
         m = json.loads(path.read_text())
         t, c = m["metrics"]["test"], m["metrics"].get("cross_dataset", {})
         tr = m.get("training", {})
-        start = ("continued from earlier weights" if started_from(tr) else
-                 "from ImageNet weights" if tr.get("pretrained_trunk") else "from scratch")
-        how = (f"{minutes_on([tr])}, {tr.get('epochs')} x {start}"
+        how = (f"{minutes_on([tr])}, {tr.get('epochs')} x {starting_point(m)}"
                f"{', distilled' if tr.get('distilled_from') else ''}")
         earlier = phases(tr)
         if len(earlier) > 1:   # the manifest records the runs it continued: say what they add up to

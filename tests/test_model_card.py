@@ -55,3 +55,11 @@ def test_false_positive_table_lists_only_manifests_that_record_the_figures(tmp_p
         "test": {"fpr": 0.0625, "real_mean_p": 0.1234}, "cross_dataset": {"auc": 0.5}}}))
     rows = card.false_positive_rows(tmp_path)
     assert rows[-1] == "| `swin` | 6.2 % (0.123) | n/a |" and len([r for r in rows if r.startswith("| `")]) == 1
+
+
+def test_the_starting_point_says_when_only_a_stem_had_imagenet_weights():
+    starting_point = _model_card().starting_point
+    stemmed = {"architecture": {"args": {"stem": "mobilenet_v2"}}, "training": {"pretrained_trunk": True}}
+    assert starting_point(stemmed) == "from ImageNet weights in a mobilenet_v2 stem, the rest from scratch"
+    assert starting_point({"architecture": {"args": {}}, "training": {"pretrained_trunk": True}}) == "from ImageNet weights"
+    assert starting_point({"training": {"pretrained_trunk": False}}) == "from scratch"
