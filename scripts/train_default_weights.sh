@@ -148,6 +148,11 @@ train cnn_transformer --init-weights "$SESSION8_CNN_TRANSFORMER" --arch-arg anti
 SESSION9_CROSS_ATTENTION=${SESSION9_CROSS_ATTENTION:-converted_models/cross_attention.safetensors}   # git show 252ec7d:converted_models/cross_attention.{json,safetensors}
 train cross_attention --init-weights "$SESSION9_CROSS_ATTENTION" --arch-arg anti_alias=1 --views 2 --ema 0.995 \
     --lr 1e-4 --trunk-lr 1e-4 --warmup-steps 50 --epoch-samples 8192 --epochs 9 --output-dir "$OUT/ca23"
+# Session 25: swin from scratch behind MobileNetV2's first four blocks with their offline ImageNet weights
+# (stem=mobilenet_v2; --pretrained loads the stem's weights); stopped in epoch 8 for the session's time
+# (shipped: epoch 2, its best val AUC).
+train swin --pretrained --arch-arg stem=mobilenet_v2 --lr 3e-4 --trunk-lr 1e-4 --warmup-steps 200 \
+    --weight-decay 0.05 --epoch-samples 8192 --epochs 7 --lr-patience 3 --patience 6 --ema 0.995 --output-dir "$OUT/swin25"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -172,3 +177,4 @@ echo "== all trained"
 #   from "$OUT/eff21/efficientnet/best.pt" (epoch 2), then --ensemble.
 # Session 22: cnn_transformer is converted from "$OUT/ct22/cnn_transformer/best.pt", then --ensemble.
 # Session 23: cross_attention is converted from "$OUT/ca23/cross_attention/best.pt" (epoch 8), then --ensemble.
+# Session 25: swin is converted from "$OUT/swin25/swin/best.pt" (epoch 2), then --ensemble (unchanged: swin stays advisory).

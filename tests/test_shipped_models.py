@@ -5,6 +5,7 @@ These are the only tests that read the shipped weights (a fresh clone must be a 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model_store import DEFAULT_MODELS_DIR, discover_manifests
@@ -38,3 +39,21 @@ def test_shipped_models_load_verified_and_score_a_photo(astronaut_jpg):
 def test_all_five_and_the_ensemble_ship():
     assert set(SHIPPED) == set(MODEL_KEYS)
     assert (Path(DEFAULT_MODELS_DIR) / "ensemble.json").exists()
+
+
+def test_shipped_swin_shows_its_stem_feature_maps_and_a_heat_map(astronaut):
+    """The shipped Swin has the MobileNetV2 stem (docs/training.md, session 25): the app's feature
+    maps come from the stem its manifest names, and Grad-CAM still explains its last stage."""
+    import cv2
+
+    import feature_visualization as fv
+    from scoring import ScoringEngine
+    engine = ScoringEngine(DEFAULT_MODELS_DIR, keys=["swin"])
+    loaded = engine.models["swin"]
+    assert loaded.manifest["architecture"]["args"].get("stem") == "mobilenet_v2"
+    face = np.ascontiguousarray(cv2.resize(astronaut[20:220, 160:360], (224, 224), interpolation=cv2.INTER_AREA))
+    layers = fv.engine_feature_maps(engine, "swin", face)
+    assert [lf.layer for lf in layers] == list(fv.layers_to_show(loaded)) and len(layers) == 2
+    assert all(np.isfinite(lf.mean_map).all() and lf.mean_map.max() > lf.mean_map.min() for lf in layers)
+    heat = fv.engine_grad_cam(engine, "swin", face)
+    assert heat.shape == (loaded.input_size,) * 2 and np.isfinite(heat).all() and heat.max() > heat.min()
