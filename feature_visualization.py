@@ -54,6 +54,11 @@ def layers_to_show(loaded: LoadedModel) -> tuple[str, ...]:
     return spec_of(loaded).layers_to_show(loaded.manifest.get("architecture", {}).get("args"))
 
 
+def cam_layer_of(loaded: LoadedModel) -> str:
+    """The registry's Grad-CAM layer for this model's variant (e.g. Swin's stem)."""
+    return spec_of(loaded).cam_layer_for(loaded.manifest.get("architecture", {}).get("args"))
+
+
 def has_feature_maps(loaded: LoadedModel) -> bool:
     return bool(layers_to_show(loaded))
 
@@ -162,7 +167,7 @@ def feature_maps(loaded: LoadedModel, crop: np.ndarray, layers=None, top_k: int 
                 h.remove()
     out = []
     for name in names:
-        act = to_channels_first(captured[name], spec.cam_channels_last and name == spec.cam_layer)[0]
+        act = to_channels_first(captured[name], spec.cam_channels_last and name == cam_layer_of(loaded))[0]
         act = act.contiguous().numpy()          # (C, H, W)
         channel_strength = act.reshape(act.shape[0], -1).mean(axis=1)
         order = np.argsort(-channel_strength)[: max(0, top_k)]
@@ -193,7 +198,7 @@ def grad_cam(loaded: LoadedModel, crop: np.ndarray, layer: str | None = None, ch
     from pytorch_grad_cam import GradCAM
 
     spec = spec_of(loaded)
-    layer = layer or spec.cam_layer
+    layer = layer or cam_layer_of(loaded)
     if not layer:
         raise ValueError(f"{loaded.key}: the registry names no Grad-CAM layer")
     channels_last = spec.cam_channels_last if channels_last is None else channels_last

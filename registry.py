@@ -42,10 +42,11 @@ class ModelSpec:
     # The architecture arg that selects a variant ("variant" for timm families, "trunk" for the custom
     # models) and what differs per variant: normalisation where it differs from mean/std
     # (EfficientNet-Lite's ImageNet weights expect mean = std = 0.5, B3's the ImageNet statistics),
-    # and feature layers where the module names differ (another trunk).
+    # and feature and Grad-CAM layers where the module names or grids differ (another trunk or stem).
     variant_arg: str = "variant"
     variant_norms: dict = field(default_factory=dict)
     variant_feature_layers: dict = field(default_factory=dict)
+    variant_cam_layers: dict = field(default_factory=dict)
 
     def arch_args(self, **overrides) -> dict:
         """The full architecture arguments (defaults filled in), as manifests record them."""
@@ -60,6 +61,10 @@ class ModelSpec:
     def layers_to_show(self, arch_args: dict | None = None) -> tuple[str, ...]:
         """The feature-map layers of this variant (`feature_layers` unless the variant names others)."""
         return self.variant_feature_layers.get(self.variant(arch_args), self.feature_layers)
+
+    def cam_layer_for(self, arch_args: dict | None = None) -> str:
+        """The Grad-CAM layer of this variant (`cam_layer` unless the variant names another)."""
+        return self.variant_cam_layers.get(self.variant(arch_args), self.cam_layer)
 
     def build(self, input_size: int | None = None, pretrained: bool = False, **arch_args) -> nn.Module:
         args = {**self.default_arch_args, **arch_args}
@@ -179,6 +184,9 @@ register(ModelSpec(
     trunk_prefix="patch_embed.proj.stem.", variant_arg="stem",
     variant_feature_layers={"mobilenet_v2": ("patch_embed.proj.stem.1", "patch_embed.proj.stem.3"),
                             "mobilenet_v2_s8": ("patch_embed.proj.stem.3", "patch_embed.proj.stem.6")},
+    # Behind the stride-8 stem the last stage's grid is 2x2 at 128 px: Grad-CAM reads the third
+    # stage's 4x4 instead, the resolution the stride-4 Swin's last stage has.
+    variant_cam_layers={"mobilenet_v2_s8": "layers.2.blocks.1.norm1"},
     description="Swin-T (timm swin_tiny_patch4_window7_224; variant='base' selects Swin-B); "
                 "stem='mobilenet_v2' embeds patches with MobileNetV2's first blocks (offline ImageNet weights), "
                 "stem='mobilenet_v2_s8' with its blocks to stride 8 (Swin on a grid half as wide)."))

@@ -160,3 +160,22 @@ def test_normalise_and_resize():
     assert m.min() == 0.0 and m.max() == 1.0
     assert fv.resize_map(m, 10).shape == (10, 10)
     assert fv.resize_map(m, (4, 6)).shape == (4, 6)
+
+
+def test_grad_cam_of_a_stride_8_swin_reads_its_third_stage(crops):
+    """Behind stem=mobilenet_v2_s8 Swin's last stage is 2x2 at 128 px; the heat map comes from the
+    variant's own Grad-CAM layer (the third stage, 4x4), named by the manifest's architecture args."""
+    from model_store import LoadedModel
+    spec = get_spec("swin")
+    torch.manual_seed(0)
+    model = spec.build(128, stem="mobilenet_v2_s8").eval()
+    manifest = {"architecture": {"name": "swin", "args": {"stem": "mobilenet_v2_s8"}}, "input_size": 128,
+                "mean": list(spec.mean), "std": list(spec.std)}
+    loaded = LoadedModel("swin", model, manifest)
+    assert fv.cam_layer_of(loaded) == "layers.2.blocks.1.norm1" != spec.cam_layer
+    # A random model's logit may fall everywhere: one of the two explanations then has a map.
+    heats = [fv.grad_cam(loaded, crops[0], explain=side) for side in ("fake", "real")]
+    assert all(h.shape == (128, 128) and np.isfinite(h).all() for h in heats)
+    assert any(float(h.max() - h.min()) > 0.1 for h in heats)
+    assert [lf.layer for lf in fv.feature_maps(loaded, crops[0], top_k=1)] == list(spec.layers_to_show(
+        {"stem": "mobilenet_v2_s8"}))

@@ -140,6 +140,14 @@ def test_swin_with_the_stride_8_stem_runs_on_a_grid_half_as_wide():
     assert all(k.startswith("patch_embed.proj.stem.") for k in missing)
     layers = spec.layers_to_show({"stem": "mobilenet_v2_s8"})
     assert layers and set(layers) <= set(dict(s8.named_modules()))
+    # Grad-CAM reads a 4x4 grid, not the last stage's 2x2.
+    cam = dict(s8.named_modules())[spec.cam_layer_for({"stem": "mobilenet_v2_s8"})]
+    seen = []
+    handle = cam.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    with torch.no_grad():
+        s8(x)
+    handle.remove()
+    assert seen == [(2, 4, 4, 384)] and spec.cam_layer_for({"stem": "mobilenet_v2"}) == spec.cam_layer
 
 @pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite2", 260)])
 def test_offline_efficientnet_lite_weights_load_strictly_and_classify_skimage_photos(variant, size):
