@@ -111,7 +111,8 @@ def _build_xception(input_size: int, pretrained: bool, anti_alias: bool | int = 
 def _build_swin(input_size: int, pretrained: bool, variant: str = "tiny", stem: str = "patch",
                 **kwargs) -> nn.Module:
     """timm's Swin-T (or Swin-B). `stem="mobilenet_v2"` replaces the 4x4 patchify conv by
-    architectures.MobileNetV2PatchStem; `pretrained` then loads that stem's offline ImageNet weights
+    architectures.MobileNetV2PatchStem (`"mobilenet_v2_s8"`: a deeper one, with 8 px patches, so the
+    stages run on a grid half as wide); `pretrained` then loads that stem's offline ImageNet weights
     and the shifted-window stages start from scratch (timm's Swin weights, which need internet, were
     trained behind a different embedding)."""
     import timm
