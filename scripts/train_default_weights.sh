@@ -153,6 +153,11 @@ train cross_attention --init-weights "$SESSION9_CROSS_ATTENTION" --arch-arg anti
 # (shipped: epoch 2, its best val AUC).
 train swin --pretrained --arch-arg stem=mobilenet_v2 --lr 3e-4 --trunk-lr 1e-4 --warmup-steps 200 \
     --weight-decay 0.05 --epoch-samples 8192 --epochs 7 --lr-patience 3 --patience 6 --ema 0.995 --output-dir "$OUT/swin25"
+# Session 25 (installed in session 26): that swin, as converted from its epoch 2, continued at a third of
+# the rate; stopped in epoch 4 for the session's time (shipped: epoch 2, its best val AUC).
+SESSION25_SWIN=${SESSION25_SWIN:-converted_models/swin.safetensors}   # git show 8c7aae4:converted_models/swin.{json,safetensors}
+train swin --arch-arg stem=mobilenet_v2 --init-weights "$SESSION25_SWIN" --lr 1e-4 --trunk-lr 3e-5 --warmup-steps 50 \
+    --weight-decay 0.05 --epoch-samples 8192 --epochs 3 --lr-patience 2 --patience 6 --ema 0.995 --output-dir "$OUT/swin25b"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -178,3 +183,4 @@ echo "== all trained"
 # Session 22: cnn_transformer is converted from "$OUT/ct22/cnn_transformer/best.pt", then --ensemble.
 # Session 23: cross_attention is converted from "$OUT/ca23/cross_attention/best.pt" (epoch 8), then --ensemble.
 # Session 25: swin is converted from "$OUT/swin25/swin/best.pt" (epoch 2), then --ensemble (unchanged: swin stays advisory).
+# Session 26: swin is converted from "$OUT/swin25b/swin/best.pt" (epoch 2), then --ensemble (unchanged).
