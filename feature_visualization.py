@@ -165,9 +165,9 @@ def feature_maps(loaded: LoadedModel, crop: np.ndarray, layers=None, top_k: int 
         finally:
             for h in handles:
                 h.remove()
-    out = []
+    out, cam_layer = [], cam_layer_of(loaded)
     for name in names:
-        act = to_channels_first(captured[name], spec.cam_channels_last and name == cam_layer_of(loaded))[0]
+        act = to_channels_first(captured[name], spec.cam_channels_last and name == cam_layer)[0]
         act = act.contiguous().numpy()          # (C, H, W)
         channel_strength = act.reshape(act.shape[0], -1).mean(axis=1)
         order = np.argsort(-channel_strength)[: max(0, top_k)]
