@@ -81,6 +81,29 @@ def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_pat
     assert earlier["test_auc"] == before["metrics"]["test"]["auc"]
 
 
+def test_a_model_trained_with_stochastic_depth_converts_without_it_and_scores_as_its_checkpoint(dataset, tmp_path):
+    """timm's drop_path_rate / drop_rate regularise training only: the converted manifest leaves them out
+    (its validator refuses an argument naming a "path"), keeps them in the recorded command, and the
+    served model computes what the checkpoint's model computes in eval mode."""
+    out = tmp_path / "runs"
+    subprocess.run(train_cmd("efficientnet", dataset, out, tmp_path / "cache", "--epochs", "1", "--no-mlflow",
+                             "--arch-arg", "drop_path_rate=0.2", "--arch-arg", "drop_rate=0.3"),
+                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+    from convert_models import convert_checkpoint
+    from model_store import load_converted_model, model_from_checkpoint
+    best = out / "efficientnet" / "best.pt"
+    trained, config, _ = model_from_checkpoint(best)
+    assert config["arch_args"]["drop_path_rate"] == 0.2 and config["arch_args"]["drop_rate"] == 0.3
+    manifest = convert_checkpoint(str(best), str(dataset), tmp_path / "converted", None)
+    assert manifest["architecture"]["args"] == {"variant": "lite2"}
+    assert "drop_path_rate=0.2" in manifest["training"]["command"]
+    served = load_converted_model(tmp_path / "converted" / "efficientnet.json")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = trained(x), served.model(x)
+    assert torch.allclose(got, expected, atol=2e-2 * (1 + expected.abs().max().item()))   # fp16 weights
+
+
 @pytest.mark.parametrize("form, differ", [("kl", "all"), ("relative", "framing"), ("relative", "nudge")])
 def test_consistency_training_sees_two_views_and_records_their_divergence(form, differ, dataset, tmp_path):
     out = tmp_path / "runs"
