@@ -158,6 +158,14 @@ train swin --pretrained --arch-arg stem=mobilenet_v2 --lr 3e-4 --trunk-lr 1e-4 -
 SESSION25_SWIN=${SESSION25_SWIN:-converted_models/swin.safetensors}   # git show 8c7aae4:converted_models/swin.{json,safetensors}
 train swin --arch-arg stem=mobilenet_v2 --init-weights "$SESSION25_SWIN" --lr 1e-4 --trunk-lr 3e-5 --warmup-steps 50 \
     --weight-decay 0.05 --epoch-samples 8192 --epochs 3 --lr-patience 2 --patience 6 --ema 0.995 --output-dir "$OUT/swin25b"
+# Session 28: efficientnet continued from its session-21 conversion with timm's stochastic depth and
+# dropout before the head (session 23's recipe otherwise, whose run overfit without them); twelve epochs
+# before the 85-minute budget stopped it, ReduceLROnPlateau cut the rate to 1.5e-5 after epoch 4
+# (shipped: epoch 12, its best val AUC).
+SESSION21_EFFICIENTNET=${SESSION21_EFFICIENTNET:-converted_models/efficientnet.safetensors}   # git show 05053fc:converted_models/efficientnet.{json,safetensors}
+train efficientnet --init-weights "$SESSION21_EFFICIENTNET" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
+    --arch-arg drop_rate=0.3 --lr 5e-5 --trunk-lr 5e-5 --warmup-steps 50 --epoch-samples 8192 --ema 0.995 --epochs 12 \
+    --output-dir "$OUT/eff28"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -184,3 +192,5 @@ echo "== all trained"
 # Session 23: cross_attention is converted from "$OUT/ca23/cross_attention/best.pt" (epoch 8), then --ensemble.
 # Session 25: swin is converted from "$OUT/swin25/swin/best.pt" (epoch 2), then --ensemble (unchanged: swin stays advisory).
 # Session 26: swin is converted from "$OUT/swin25b/swin/best.pt" (epoch 2), then --ensemble (unchanged).
+# Session 28: efficientnet is converted from "$OUT/eff28/efficientnet/best.pt" (epoch 12), then --ensemble
+#   (mean+floor, the same four voters).
