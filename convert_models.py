@@ -28,7 +28,7 @@ from evaluate import score_face_crops
 from metrics import binary_metrics
 from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, ensure_check_logits, load_ensemble_manifest,
                          model_from_checkpoint, read_manifest, save_converted_model, sha256_of)
-from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec, inference_arch_args
+from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
 from scoring import ScoringEngine, is_advisory, sigmoid
 
 log = logging.getLogger("convert")
@@ -102,10 +102,10 @@ def convert_checkpoint(checkpoint: str, data_dir: str, out_dir: Path, cross_data
     model, config, ckpt = model_from_checkpoint(checkpoint)
     key = config["model"]
     training = training_section(config, ckpt)
-    # Trained with stochastic depth or dropout, served without (identical in eval mode); the training
-    # section's command keeps the full recipe.
+    # save_converted_model leaves training-only regularisers out of the manifest; the training section's
+    # command keeps the full recipe.
     save_converted_model(model, key, out_dir, input_size=config["input_size"],
-                         arch_args=inference_arch_args(config.get("arch_args", {})), temperature=1.0,
+                         arch_args=config.get("arch_args", {}), temperature=1.0,
                          extra={"training": training})
     return calibrate_and_measure(out_dir, key, data_dir, cross_data, Path(checkpoint).parent)
 

@@ -21,7 +21,7 @@ from torch import nn
 from faces import CANONICAL_CROP_SIZE, CROP_Y_SHIFT
 from fileio import atomic_write_bytes, atomic_write_json, sha256_of  # noqa: F401 - also imported from here
 from process_wide import heavy_imports
-from registry import ENSEMBLE_KEY, MODEL_KEYS, MODEL_REGISTRY, get_spec
+from registry import ENSEMBLE_KEY, MODEL_KEYS, MODEL_REGISTRY, get_spec, inference_arch_args
 
 FORMAT_VERSION = 1
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "converted_models"
@@ -133,7 +133,9 @@ def save_converted_model(model: nn.Module, key: str, out_dir: str | os.PathLike,
     manifest): the new weights are first written as `<key>.incoming.safetensors` and the manifest
     points there while `<key>.safetensors` is replaced."""
     spec = get_spec(key)
-    arch_args = spec.arch_args(**(arch_args or {}))  # defaults recorded: a later default cannot change this model
+    # Defaults recorded: a later default cannot change this model. Training-only regularisers (stochastic
+    # depth, dropout) are left out: identity in eval mode, so the served network is the same without them.
+    arch_args = inference_arch_args(spec.arch_args(**(arch_args or {})))
     mean, std = spec.normalisation(arch_args)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

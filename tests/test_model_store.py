@@ -22,6 +22,21 @@ def test_round_trip_is_exact_in_fp16(tmp_path):
         assert torch.equal(loaded.model.state_dict()[name], expected), name
 
 
+def test_training_only_regularisers_are_left_out_of_a_converted_model(tmp_path):
+    """Stochastic depth and dropout are the identity in eval mode: the manifest (whose validator refuses
+    an argument naming a "path") records the network without them, and it loads and computes the same."""
+    model = get_spec("efficientnet").build(64, anti_alias=1, drop_path_rate=0.2, drop_rate=0.3).eval()
+    path = save_converted_model(model, "efficientnet", tmp_path, input_size=64,
+                                arch_args={"drop_path_rate": 0.2, "drop_rate": 0.3, "anti_alias": 1})
+    assert json.loads(path.read_text())["architecture"]["args"] == {"variant": "lite2", "anti_alias": 1}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = get_spec("efficientnet").build(64, anti_alias=1).eval()
+        expected.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                                  for k, v in model.state_dict().items()})
+        assert torch.allclose(load_converted_model(path).model(x), expected(x), atol=1e-5)
+
+
 def _copy_models(src, dst):
     shutil.copytree(src, dst)
     return dst
