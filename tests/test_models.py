@@ -241,6 +241,40 @@ def test_anti_aliased_trunk_keeps_parameter_names_grid_and_output(key):
         assert not torch.allclose(blurred.trunk(x)[1], plain.trunk(x)[1], rtol=0.05, atol=1e-3)
 
 
+def test_stochastic_depth_counts_the_residual_blocks_of_mobilenet_v2():
+    from torchvision.models import mobilenet_v2
+
+    from architectures import add_stochastic_depth
+    # MobileNetV2's 17 inverted-residual blocks: the 10 with stride 1 and equal widths add their input.
+    assert add_stochastic_depth(mobilenet_v2().features, 0.1) == 10
+
+
+@pytest.mark.parametrize("key, trunk", [("cross_attention", "mobilenet_v2"), ("cnn_transformer", "mobilenet_v2"),
+                                        ("cross_attention", "lite0")])
+def test_custom_models_stochastic_depth_and_head_dropout_act_in_training_only(key, trunk):
+    """drop_path_rate / drop_rate add no parameters (weights trained with them load strictly into the
+    plain network a converted model builds), change nothing in eval mode, and really drop blocks in
+    training: with every other dropout off, two training passes on the same batch differ only with them."""
+    spec = get_spec(key)
+    torch.manual_seed(0)
+    plain = spec.build(128, trunk=trunk, dropout=0.0)
+    regularised = spec.build(128, trunk=trunk, dropout=0.0, drop_rate=0.0, drop_path_rate=0.5)
+    assert list(regularised.state_dict()) == list(plain.state_dict())
+    regularised.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.rand(4, 3, 128, 128)
+    with torch.no_grad():
+        plain.eval(), regularised.eval()
+        assert torch.equal(regularised(x), plain(x))
+        plain.train(), regularised.train()
+        assert torch.equal(plain(x), plain(x))
+        torch.manual_seed(1)
+        first = regularised(x)
+        assert not torch.equal(regularised(x), first)
+        head_dropout = spec.build(128, trunk=trunk, dropout=0.0, drop_rate=0.4).head[0]
+        assert isinstance(head_dropout, torch.nn.Dropout) and head_dropout.p == 0.4
+        assert spec.build(128, trunk=trunk, dropout=0.2).head[0].p == 0.2   # the default follows `dropout`
+
+
 def test_anti_aliasing_makes_imagenet_features_stable_under_small_shifts():
     """Zhang (2019)'s point, on the offline ImageNet trunk and a real photo: pooled stride-32 features of
     crops shifted one pixel at a time agree more closely once strided convs see blurred input."""

@@ -81,23 +81,27 @@ def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_pat
     assert earlier["test_auc"] == before["metrics"]["test"]["auc"]
 
 
-def test_a_model_trained_with_stochastic_depth_converts_without_it_and_scores_as_its_checkpoint(dataset, tmp_path):
-    """timm's drop_path_rate / drop_rate regularise training only: the converted manifest leaves them out
-    (its validator refuses an argument naming a "path"), keeps them in the recorded command, and the
-    served model computes what the checkpoint's model computes in eval mode."""
+@pytest.mark.parametrize("key, served_args", [("efficientnet", {"variant": "lite2"}),
+                                               ("cross_attention", {"trunk": "mobilenet_v2"})])
+def test_a_model_trained_with_stochastic_depth_converts_without_it_and_scores_as_its_checkpoint(
+        key, served_args, dataset, tmp_path):
+    """drop_path_rate / drop_rate (timm's, and the custom models' own) regularise training only: the
+    converted manifest leaves them out (its validator refuses an argument naming a "path"), keeps them
+    in the recorded command, and the served model computes what the checkpoint's model computes in
+    eval mode."""
     out = tmp_path / "runs"
-    subprocess.run(train_cmd("efficientnet", dataset, out, tmp_path / "cache", "--epochs", "1", "--no-mlflow",
+    subprocess.run(train_cmd(key, dataset, out, tmp_path / "cache", "--epochs", "1", "--no-mlflow",
                              "--arch-arg", "drop_path_rate=0.2", "--arch-arg", "drop_rate=0.3"),
                    cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
     from convert_models import convert_checkpoint
     from model_store import load_converted_model, model_from_checkpoint
-    best = out / "efficientnet" / "best.pt"
+    best = out / key / "best.pt"
     trained, config, _ = model_from_checkpoint(best)
     assert config["arch_args"]["drop_path_rate"] == 0.2 and config["arch_args"]["drop_rate"] == 0.3
     manifest = convert_checkpoint(str(best), str(dataset), tmp_path / "converted", None)
-    assert manifest["architecture"]["args"] == {"variant": "lite2"}
+    assert manifest["architecture"]["args"] == served_args
     assert "drop_path_rate=0.2" in manifest["training"]["command"]
-    served = load_converted_model(tmp_path / "converted" / "efficientnet.json")
+    served = load_converted_model(tmp_path / "converted" / f"{key}.json")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected, got = trained(x), served.model(x)
