@@ -255,6 +255,20 @@ def add_stochastic_depth(network: nn.Module, rate: float) -> int:
     return len(blocks)
 
 
+def add_encoder_stochastic_depth(encoder: nn.TransformerEncoder, rate: float) -> int:
+    """Stochastic depth on both residual branches (self-attention, feed-forward) of each layer of a
+    torch TransformerEncoder, the rate rising linearly to `rate` at the last layer as in
+    `add_stochastic_depth`. It hooks the dropout that ends each branch (`dropout1`, `dropout2`), so
+    the layer's own code and its state-dict keys stay torch's; identity in eval mode. Returns the
+    number of branches it applies to."""
+    layers = list(encoder.layers)
+    for index, layer in enumerate(layers):
+        probability = rate * (index + 1) / len(layers)
+        for branch_end in (layer.dropout1, layer.dropout2):
+            branch_end.register_forward_hook(partial(_drop_residual_branch, probability))
+    return 2 * len(layers)
+
+
 class MobileNetV2Trunk(nn.Module):
     """MobileNetV2 features split into a stride-16 and a stride-32 stage (optionally anti-aliased,
     optionally with stochastic depth in training)."""
@@ -332,7 +346,8 @@ def _tokens(grid: torch.Tensor) -> torch.Tensor:
 class TokenStream(nn.Module):
     """Projects a CNN grid to tokens, prepends a CLS token, adds a learned position embedding."""
 
-    def __init__(self, in_channels: int, dim: int, num_tokens: int, depth: int, heads: int, dropout: float):
+    def __init__(self, in_channels: int, dim: int, num_tokens: int, depth: int, heads: int, dropout: float,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=1)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
@@ -342,6 +357,8 @@ class TokenStream(nn.Module):
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2, dropout=dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        if drop_path_rate:
+            add_encoder_stochastic_depth(self.encoder, drop_path_rate)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         tokens = _tokens(self.proj(grid))
@@ -370,19 +387,23 @@ class CrossAttentionNet(nn.Module):
 
     The fine (stride 16) and coarse (stride 32) grids of one trunk each become a token stream with its
     own CLS token and encoder; each CLS then attends to the *other* stream's tokens, and the two CLS
-    outputs are concatenated for the head. `drop_rate` (the head's dropout; `dropout` when None) and
-    `drop_path_rate` (stochastic depth in the trunk) are training-only regularisers named as timm's.
+    outputs are concatenated for the head. `drop_rate` (the head's dropout; `dropout` when None),
+    `drop_path_rate` (stochastic depth in the trunk, named as timm's) and `encoder_drop_path_rate`
+    (stochastic depth in the transformer layers) are training-only regularisers.
     """
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 2, heads: int = 8,
                  dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2",
-                 anti_alias: bool | int = False, drop_rate: float | None = None, drop_path_rate: float = 0.0):
+                 anti_alias: bool | int = False, drop_rate: float | None = None, drop_path_rate: float = 0.0,
+                 encoder_drop_path_rate: float = 0.0):
         super().__init__()
         self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=False, anti_alias=anti_alias,
                                  drop_path_rate=drop_path_rate)
         fine_side, coarse_side = _grid_side(img_size, 16), _grid_side(img_size, 32)
-        self.fine = TokenStream(self.trunk.channels16, dim, fine_side ** 2, depth, heads, dropout)
-        self.coarse = TokenStream(self.trunk.channels32, dim, coarse_side ** 2, depth, heads, dropout)
+        self.fine = TokenStream(self.trunk.channels16, dim, fine_side ** 2, depth, heads, dropout,
+                                encoder_drop_path_rate)
+        self.coarse = TokenStream(self.trunk.channels32, dim, coarse_side ** 2, depth, heads, dropout,
+                                  encoder_drop_path_rate)
         self.fine_to_coarse = CrossAttentionBlock(dim, heads, dropout)
         self.coarse_to_fine = CrossAttentionBlock(dim, heads, dropout)
         self.norm = nn.LayerNorm(2 * dim)
@@ -405,15 +426,17 @@ class CrossAttentionNet(nn.Module):
 
 class CNNTransformer(nn.Module):
     """CNN trunk (stride 32) -> 1x1 conv to `dim` -> CLS + tokens + position -> pre-norm encoder -> head.
-    `drop_rate` and `drop_path_rate` as in CrossAttentionNet."""
+    `drop_rate`, `drop_path_rate` and `encoder_drop_path_rate` as in CrossAttentionNet."""
 
     def __init__(self, img_size: int = 224, dim: int = 256, depth: int = 4, heads: int = 8,
                  dropout: float = 0.1, pretrained_trunk: bool = False, trunk: str = "mobilenet_v2",
-                 anti_alias: bool | int = False, drop_rate: float | None = None, drop_path_rate: float = 0.0):
+                 anti_alias: bool | int = False, drop_rate: float | None = None, drop_path_rate: float = 0.0,
+                 encoder_drop_path_rate: float = 0.0):
         super().__init__()
         self.trunk = build_trunk(trunk, pretrained_trunk, with_head_conv=True, anti_alias=anti_alias,
                                  drop_path_rate=drop_path_rate)
-        self.stream = TokenStream(self.trunk.channels32, dim, _grid_side(img_size, 32) ** 2, depth, heads, dropout)
+        self.stream = TokenStream(self.trunk.channels32, dim, _grid_side(img_size, 32) ** 2, depth, heads, dropout,
+                                  encoder_drop_path_rate)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Sequential(nn.Dropout(dropout if drop_rate is None else drop_rate), nn.Linear(dim, 1))
 

@@ -20,12 +20,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN = (0.5, 0.5, 0.5)
 HALF_STD = (0.5, 0.5, 0.5)
 
-# timm's regularisers (dropout before the head, stochastic depth, ...): `--arch-arg` may pass them to
+# timm's regularisers (dropout before the head, stochastic depth, ...) and the custom models' stochastic
+# depth in their transformer layers (`encoder_drop_path_rate`): `--arch-arg` may pass them to
 # training, but in eval mode they are the identity, so a converted model is built without them
 # (model_store.save_converted_model). That also keeps them out of manifests, whose validator refuses
 # any argument naming a path ("drop_path_rate").
 TRAINING_ONLY_ARCH_ARGS = frozenset({"drop_rate", "drop_path_rate", "drop_block_rate", "attn_drop_rate",
-                                     "proj_drop_rate", "pos_drop_rate"})
+                                     "proj_drop_rate", "pos_drop_rate", "encoder_drop_path_rate"})
 
 
 def inference_arch_args(arch_args: dict) -> dict:

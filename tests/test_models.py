@@ -249,16 +249,26 @@ def test_stochastic_depth_counts_the_residual_blocks_of_mobilenet_v2():
     assert add_stochastic_depth(mobilenet_v2().features, 0.1) == 10
 
 
-@pytest.mark.parametrize("key, trunk", [("cross_attention", "mobilenet_v2"), ("cnn_transformer", "mobilenet_v2"),
-                                        ("cross_attention", "lite0")])
-def test_custom_models_stochastic_depth_and_head_dropout_act_in_training_only(key, trunk):
-    """drop_path_rate / drop_rate add no parameters (weights trained with them load strictly into the
-    plain network a converted model builds), change nothing in eval mode, and really drop blocks in
-    training: with every other dropout off, two training passes on the same batch differ only with them."""
+def test_encoder_stochastic_depth_covers_both_branches_of_every_layer():
+    from architectures import add_encoder_stochastic_depth
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, norm_first=True)
+    assert add_encoder_stochastic_depth(torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False), 0.1) == 6
+
+
+@pytest.mark.parametrize("key, trunk, where", [("cross_attention", "mobilenet_v2", "drop_path_rate"),
+                                               ("cnn_transformer", "mobilenet_v2", "drop_path_rate"),
+                                               ("cross_attention", "lite0", "drop_path_rate"),
+                                               ("cross_attention", "mobilenet_v2", "encoder_drop_path_rate"),
+                                               ("cnn_transformer", "mobilenet_v2", "encoder_drop_path_rate")])
+def test_custom_models_stochastic_depth_and_head_dropout_act_in_training_only(key, trunk, where):
+    """drop_path_rate (trunk) / encoder_drop_path_rate (transformer layers) / drop_rate add no parameters
+    (weights trained with them load strictly into the plain network a converted model builds), change
+    nothing in eval mode, and really drop blocks in training: with every other dropout off, two training
+    passes on the same batch differ only with them."""
     spec = get_spec(key)
     torch.manual_seed(0)
     plain = spec.build(128, trunk=trunk, dropout=0.0)
-    regularised = spec.build(128, trunk=trunk, dropout=0.0, drop_rate=0.0, drop_path_rate=0.5)
+    regularised = spec.build(128, trunk=trunk, dropout=0.0, drop_rate=0.0, **{where: 0.5})
     assert list(regularised.state_dict()) == list(plain.state_dict())
     regularised.load_state_dict(plain.state_dict(), strict=True)
     x = torch.rand(4, 3, 128, 128)
