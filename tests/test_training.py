@@ -81,17 +81,18 @@ def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_pat
     assert earlier["test_auc"] == before["metrics"]["test"]["auc"]
 
 
-@pytest.mark.parametrize("key, served_args", [("efficientnet", {"variant": "lite2"}),
-                                               ("cross_attention", {"trunk": "mobilenet_v2"})])
+@pytest.mark.parametrize("key, served_args, more", [
+    ("efficientnet", {"variant": "lite2"}, []),
+    ("cross_attention", {"trunk": "mobilenet_v2"}, ["--arch-arg", "encoder_drop_path_rate=0.2"])])
 def test_a_model_trained_with_stochastic_depth_converts_without_it_and_scores_as_its_checkpoint(
-        key, served_args, dataset, tmp_path):
-    """drop_path_rate / drop_rate (timm's, and the custom models' own) regularise training only: the
-    converted manifest leaves them out (its validator refuses an argument naming a "path"), keeps them
-    in the recorded command, and the served model computes what the checkpoint's model computes in
-    eval mode."""
+        key, served_args, more, dataset, tmp_path):
+    """drop_path_rate / drop_rate (timm's, and the custom models' own; encoder_drop_path_rate, theirs
+    only) regularise training only: the converted manifest leaves them out (its validator refuses an
+    argument naming a "path"), keeps them in the recorded command, and the served model computes what
+    the checkpoint's model computes in eval mode."""
     out = tmp_path / "runs"
     subprocess.run(train_cmd(key, dataset, out, tmp_path / "cache", "--epochs", "1", "--no-mlflow",
-                             "--arch-arg", "drop_path_rate=0.2", "--arch-arg", "drop_rate=0.3"),
+                             "--arch-arg", "drop_path_rate=0.2", "--arch-arg", "drop_rate=0.3", *more),
                    cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
     from convert_models import convert_checkpoint
     from model_store import load_converted_model, model_from_checkpoint
