@@ -69,6 +69,9 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
                    help="start from local weights (.safetensors state dict, or a checkpoint of this engine)")
     p.add_argument("--sbi", type=float, default=0.0, metavar="P", nargs="?", const=0.5,
                    help="replace real training faces by self-blended pseudo-fakes with probability P")
+    p.add_argument("--erase", type=float, default=0.0, metavar="P",
+                   help="random erasing: blank one rectangle of a training face to the mean colour with "
+                        "probability P (torchvision's RandomErasing; 0: off)")
     p.add_argument("--teacher", default=None, metavar="NPZ",
                    help="distil from teacher logits (npz with 'paths' and 'logits' of the train split)")
     p.add_argument("--distill-weight", type=float, default=0.5)
@@ -195,6 +198,8 @@ class Trainer:
             torch.set_num_threads(args.threads)
         self.out_dir = Path(args.output_dir) / args.model
         self.arch_args = _parse_arch_args(args.arch_arg)
+        if not 0.0 <= args.erase <= 1.0:
+            raise SystemExit(f"--erase is a probability between 0 and 1, not {args.erase}")
         self.views = args.views or (2 if args.consistency else 1)
         if args.consistency and self.views < 2:
             raise SystemExit("--consistency needs at least two views of each face (--views 2)")
@@ -222,7 +227,7 @@ class Trainer:
                      a.teacher, int(np.isfinite(teacher).sum()), len(teacher))
         mean, std = self.spec.normalisation(self.arch_args)
         self.train_set = data_handler.FaceCropDataset(
-            train, data_handler.train_transform(a.input_size, mean, std),
+            train, data_handler.train_transform(a.input_size, mean, std, erase=a.erase),
             sbi_probability=a.sbi, seed=a.seed, teacher_logits=teacher, views=self.views,
             view_difference=a.views_differ)
         self.val_set = data_handler.FaceCropDataset(
@@ -576,7 +581,7 @@ class Trainer:
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
                 "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
-                "views": self.views, "consistency": a.consistency,
+                "erase": a.erase, "views": self.views, "consistency": a.consistency,
                 "consistency_form": a.consistency_form, "views_differ": a.views_differ, "ema": a.ema,
                 "teacher": a.teacher, "init_weights": a.init_weights,
                 "init_weights_sha256": getattr(self, "init_weights_sha256", None), "seed": a.seed, "world_size": self.world,

@@ -124,6 +124,34 @@ def test_two_views_of_a_face_are_augmented_independently():
     assert single.shape == (3, 48, 48)                      # one view keeps the old shape
 
 
+def test_random_erasing_blanks_one_rectangle_to_the_mean_colour_only_when_asked():
+    """--erase P: with P = 1 every training face has one axis-aligned rectangle set to 0, which after
+    Normalize is the mean colour; without it no face has such a block (bright noise never normalises
+    to exactly 0 over a rectangle)."""
+    import torch
+
+    images = np.random.default_rng(2).integers(150, 255, (8, 64, 64, 3), dtype=np.uint8)
+    split = data_handler.CachedSplit(images, np.zeros(8), [str(i) for i in range(8)], [str(i) for i in range(8)], 0)
+
+    def blanked_boxes(erase):
+        torch.manual_seed(0)
+        dataset = data_handler.FaceCropDataset(split, data_handler.train_transform(48, (0.5,) * 3, (0.5,) * 3, erase))
+        boxes = []
+        for i in range(8):
+            zero = (dataset[i][0] == 0).all(dim=0)             # pixels blanked in every channel
+            rows, cols = zero.any(dim=1).nonzero(), zero.any(dim=0).nonzero()
+            if len(rows):
+                box = zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+                boxes.append((bool(box.all()), box.numel() / zero.numel()))
+        return boxes
+
+    erased = blanked_boxes(1.0)
+    assert len(erased) == 8 and all(is_rectangle and 0.01 < share < 0.5 for is_rectangle, share in erased)
+    assert blanked_boxes(0.0) == []
+    assert not any(isinstance(t, torch.nn.Module) and type(t).__name__ == "RandomErasing"
+                   for t in data_handler.train_transform(48, (0.5,) * 3, (0.5,) * 3).transforms)
+
+
 def test_framing_views_share_every_augmentation_but_the_box():
     """--views-differ framing: one upload cut as two detector boxes (same flip, colour, JPEG, blur)."""
     import torch

@@ -82,7 +82,7 @@ def test_a_continued_model_s_manifest_carries_the_earlier_phase(dataset, tmp_pat
 
 
 @pytest.mark.parametrize("key, served_args, more", [
-    ("efficientnet", {"variant": "lite2"}, []),
+    ("efficientnet", {"variant": "lite2"}, ["--erase", "0.5"]),
     ("cross_attention", {"trunk": "mobilenet_v2"}, ["--arch-arg", "encoder_drop_path_rate=0.2"])])
 def test_a_model_trained_with_stochastic_depth_converts_without_it_and_scores_as_its_checkpoint(
         key, served_args, more, dataset, tmp_path):
@@ -99,6 +99,7 @@ def test_a_model_trained_with_stochastic_depth_converts_without_it_and_scores_as
     best = out / key / "best.pt"
     trained, config, _ = model_from_checkpoint(best)
     assert config["arch_args"]["drop_path_rate"] == 0.2 and config["arch_args"]["drop_rate"] == 0.3
+    assert config["erase"] == (0.5 if "--erase" in more else 0.0)    # random erasing is recorded too
     manifest = convert_checkpoint(str(best), str(dataset), tmp_path / "converted", None)
     assert manifest["architecture"]["args"] == served_args
     assert "drop_path_rate=0.2" in manifest["training"]["command"]
@@ -107,6 +108,14 @@ def test_a_model_trained_with_stochastic_depth_converts_without_it_and_scores_as
     with torch.no_grad():
         expected, got = trained(x), served.model(x)
     assert torch.allclose(got, expected, atol=2e-2 * (1 + expected.abs().max().item()))   # fp16 weights
+
+
+def test_an_erasing_probability_outside_0_1_is_refused_before_any_work(dataset, tmp_path):
+    refused = subprocess.run(train_cmd("efficientnet", dataset, tmp_path / "r", tmp_path / "cache", "--epochs", "1",
+                                       "--no-mlflow", "--erase", "1.5"),
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--erase is a probability" in refused.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("form, differ", [("kl", "all"), ("relative", "framing"), ("relative", "nudge")])
