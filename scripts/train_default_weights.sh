@@ -166,6 +166,14 @@ SESSION21_EFFICIENTNET=${SESSION21_EFFICIENTNET:-converted_models/efficientnet.s
 train efficientnet --init-weights "$SESSION21_EFFICIENTNET" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
     --arch-arg drop_rate=0.3 --lr 5e-5 --trunk-lr 5e-5 --warmup-steps 50 --epoch-samples 8192 --ema 0.995 --epochs 12 \
     --output-dir "$OUT/eff28"
+# Session 30 (installed in session 31): cnn_transformer continued from its session-24 conversion with
+# stochastic depth in its trunk (drop_path_rate) and in its transformer-encoder layers
+# (encoder_drop_path_rate) and dropout before the head, at 3e-5; six epochs before the budget stopped it,
+# ReduceLROnPlateau cut the rate to 9e-6 after epoch 4 (shipped: epoch 6, its best val AUC and loss).
+SESSION24_CNN_TRANSFORMER=${SESSION24_CNN_TRANSFORMER:-converted_models/cnn_transformer.safetensors}   # git show 8d10864:converted_models/cnn_transformer.{json,safetensors}
+train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
+    --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5 \
+    --warmup-steps 50 --epoch-samples 8192 --epochs 6 --output-dir "$OUT/ct30"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -193,4 +201,6 @@ echo "== all trained"
 # Session 25: swin is converted from "$OUT/swin25/swin/best.pt" (epoch 2), then --ensemble (unchanged: swin stays advisory).
 # Session 26: swin is converted from "$OUT/swin25b/swin/best.pt" (epoch 2), then --ensemble (unchanged).
 # Session 28: efficientnet is converted from "$OUT/eff28/efficientnet/best.pt" (epoch 12), then --ensemble
+#   (mean+floor, the same four voters).
+# Session 31: cnn_transformer is converted from "$OUT/ct30/cnn_transformer/best.pt" (epoch 6), then --ensemble
 #   (mean+floor, the same four voters).
