@@ -1,0 +1,56 @@
+"""Experiment: is one checkpoint's val AUC above another's by more than noise?
+
+The install rules compare a candidate's converted val AUC with the installed model's (`>=`,
+docs/training.md). Both are scored on the same faces, so the question is the noise of their
+*difference*, not of each AUC alone. This resamples the faces (real and fake apart, so every draw
+keeps the split's balance) and reports the difference of the two AUCs on each draw: its mean, 90 %
+interval, and the share of draws where the candidate is not lower. Inputs are the `eval_logits.npz`
+files that `convert_models.py --runs-dir` caches (the judge's `evalcache/<key>/`).
+
+    .venv/bin/python scripts/experiments/paired_auc.py \\
+        runs/rc30/judge_enc6/evalcache/cnn_transformer/eval_logits.npz \\
+        runs/rc31/judge_ct/evalcache/cnn_transformer/eval_logits.npz --split val
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def paired_auc_difference(labels: np.ndarray, base: np.ndarray, candidate: np.ndarray,
+                          draws: int = 2000, seed: int = 0) -> dict:
+    """AUC(candidate) - AUC(base) on the faces, and on `draws` stratified resamples of them."""
+    labels = np.asarray(labels).astype(int)
+    rng = np.random.default_rng(seed)
+    real, fake = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    diffs = np.empty(draws)
+    for i in range(draws):
+        idx = np.concatenate([rng.choice(real, real.size), rng.choice(fake, fake.size)])
+        diffs[i] = roc_auc_score(labels[idx], candidate[idx]) - roc_auc_score(labels[idx], base[idx])
+    lo, hi = np.percentile(diffs, [5, 95])
+    return {"difference": float(roc_auc_score(labels, candidate) - roc_auc_score(labels, base)),
+            "mean": float(diffs.mean()), "ci90": [float(lo), float(hi)],
+            "share_not_lower": float((diffs >= 0).mean()), "draws": draws}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("base", help="eval_logits.npz of the installed model")
+    p.add_argument("candidate", help="eval_logits.npz of the candidate")
+    p.add_argument("--split", default="val", choices=["val", "test", "cross_dataset"])
+    p.add_argument("--draws", type=int, default=2000)
+    a = p.parse_args(argv)
+    base, cand = np.load(a.base, allow_pickle=False), np.load(a.candidate, allow_pickle=False)
+    labels = base[f"{a.split}_labels"]
+    if not np.array_equal(labels, cand[f"{a.split}_labels"]):
+        raise SystemExit("the two files were not scored on the same faces")
+    out = paired_auc_difference(labels, base[f"{a.split}_logits"], cand[f"{a.split}_logits"], a.draws)
+    print(json.dumps({"split": a.split, **out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

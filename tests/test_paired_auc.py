@@ -1,0 +1,36 @@
+"""scripts/experiments/paired_auc.py: the paired AUC difference the install-rule proposal rests on."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from script_loader import load_script
+
+paired_auc = load_script("experiments/paired_auc")
+
+
+def _scores(seed: int, n: int = 400, separation: float = 1.0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n)
+    return labels, rng.normal(size=2 * n) + separation * labels
+
+
+def test_the_same_scores_differ_by_nothing_on_every_draw():
+    labels, scores = _scores(0)
+    out = paired_auc.paired_auc_difference(labels, scores, scores.copy(), draws=50)
+    assert out["difference"] == 0.0 and out["ci90"] == [0.0, 0.0] and out["share_not_lower"] == 1.0
+
+
+def test_a_clearly_better_candidate_is_above_zero_and_the_difference_is_the_plain_one():
+    labels, base = _scores(1, separation=0.5)
+    _, better = _scores(2, separation=2.0)
+    out = paired_auc.paired_auc_difference(labels, base, better, draws=200)
+    assert out["difference"] == roc_auc_score(labels, better) - roc_auc_score(labels, base)
+    assert out["ci90"][0] > 0 and out["share_not_lower"] == 1.0
+
+
+def test_every_draw_keeps_the_split_balance_so_a_small_class_is_never_lost():
+    labels = np.array([0] * 200 + [1] * 3)        # three fakes: an unstratified draw would often have none
+    scores = np.linspace(0, 1, labels.size)
+    out = paired_auc.paired_auc_difference(labels, scores, scores[::-1].copy(), draws=100)
+    assert np.isfinite(out["mean"]) and out["ci90"][1] < 0
