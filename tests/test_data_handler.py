@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 import data_handler
 from registry import get_spec
@@ -148,7 +149,6 @@ def test_random_erasing_blanks_one_rectangle_to_the_mean_colour_only_when_asked(
     erased = blanked_boxes(1.0)
     assert len(erased) == 8 and all(is_rectangle and 0.01 < share < 0.5 for is_rectangle, share in erased)
     assert blanked_boxes(0.0) == []
-    from torchvision.transforms import v2
     assert not any(isinstance(t, v2.RandomErasing)              # off by default: not even a p=0 step
                    for t in data_handler.train_transform(48, (0.5,) * 3, (0.5,) * 3).transforms)
 
