@@ -1,7 +1,8 @@
 """Experiment: is one checkpoint's val AUC above another's by more than noise?
 
-The install rules compare a candidate's converted val AUC with the installed model's (`>=`,
-docs/training.md). Both are scored on the same faces, so the question is the noise of their
+(`scripts/judge_candidate.py` reports the same figure for its candidate; this compares any two.)
+Session 31 asked this of the install rules' `>=` on a candidate's converted val AUC; since session 32
+the member rule reads this figure (docs/training.md). Both are scored on the same faces, so the question is the noise of their
 *difference*, not of each AUC alone. This resamples the faces (real and fake apart, so every draw
 keeps the split's balance) and reports the difference of the two AUCs on each draw: its mean, 90 %
 interval, and the share of draws where the candidate is not lower. Inputs are the `eval_logits.npz`
@@ -15,25 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-
-def paired_auc_difference(labels: np.ndarray, base: np.ndarray, candidate: np.ndarray,
-                          draws: int = 2000, seed: int = 0) -> dict:
-    """AUC(candidate) - AUC(base) on the faces, and on `draws` stratified resamples of them."""
-    labels = np.asarray(labels).astype(int)
-    rng = np.random.default_rng(seed)
-    real, fake = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    diffs = np.empty(draws)
-    for i in range(draws):
-        idx = np.concatenate([rng.choice(real, real.size), rng.choice(fake, fake.size)])
-        diffs[i] = roc_auc_score(labels[idx], candidate[idx]) - roc_auc_score(labels[idx], base[idx])
-    lo, hi = np.percentile(diffs, [5, 95])
-    return {"difference": float(roc_auc_score(labels, candidate) - roc_auc_score(labels, base)),
-            "mean": float(diffs.mean()), "ci90": [float(lo), float(hi)],
-            "share_not_lower": float((diffs >= 0).mean()), "draws": draws}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from metrics import paired_auc_difference  # noqa: E402
 
 
 def main(argv=None) -> int:
