@@ -1,9 +1,9 @@
 """Experiment: is one checkpoint's val AUC above another's by more than noise?
 
 (`scripts/judge_candidate.py` reports the same figure for its candidate; this compares any two.)
-Session 31 asked this of the install rules' `>=` on a candidate's converted val AUC; since session 32
-the member rule reads this figure (docs/training.md). Both are scored on the same faces, so the question is the noise of their
-*difference*, not of each AUC alone. This resamples the faces (real and fake apart, so every draw
+Session 31 asked this of the install rules' `>=` on a candidate's converted val AUC; since session
+32 the member rule reads this figure (docs/training.md). Both are scored on the same faces, so the
+question is the noise of their *difference*, not of each AUC alone. This resamples the faces (real and fake apart, so every draw
 keeps the split's balance) and reports the difference of the two AUCs on each draw: its mean, 90 %
 interval, and the share of draws where the candidate is not lower. Inputs are the `eval_logits.npz`
 files that `convert_models.py --runs-dir` caches (the judge's `evalcache/<key>/`).
