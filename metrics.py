@@ -65,7 +65,8 @@ def paired_auc_difference(labels, base, candidate, draws: int = 2000, seed: int 
     labels = np.asarray(labels).astype(int).ravel()
     base, candidate = np.asarray(base, np.float64).ravel(), np.asarray(candidate, np.float64).ravel()
     if not (labels.size == base.size == candidate.size):
-        raise ValueError(f"labels and the two score arrays differ in length: {labels.size}, {base.size}, {candidate.size}")
+        raise ValueError("labels and the two score arrays differ in length: "
+                         f"{labels.size}, {base.size}, {candidate.size}")
     rng = np.random.default_rng(seed)
     real, fake = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     diffs = np.empty(draws)

@@ -170,7 +170,8 @@ def main(argv=None) -> int:
     stab = json.loads((work / "val_stability.json").read_text())
     manifest = read_manifest(candidate / f"{key}.json")
     result = {"checkpoint": a.checkpoint, "key": key, "temperature": manifest["temperature"],
-              "nudge": nudge, "paired_val_auc": paired, "ensemble_method": json.loads((candidate / f"{ENSEMBLE_KEY}.json").read_text())["chosen"],
+              "nudge": nudge, "paired_val_auc": paired,
+              "ensemble_method": json.loads((candidate / f"{ENSEMBLE_KEY}.json").read_text())["chosen"],
               "val_recut": stab["stability"][ENSEMBLE_KEY], "val_reframing": stab["reframing"][ENSEMBLE_KEY],
               "before": before, "after": after}
     (work / "judge.json").write_text(json.dumps(result, indent=1, default=float))
