@@ -77,3 +77,14 @@ def paired_auc_difference(labels, base, candidate, draws: int = 2000, seed: int 
     return {"difference": float(roc_auc_score(labels, candidate) - roc_auc_score(labels, base)),
             "mean": float(diffs.mean()), "ci90": [float(lo), float(hi)],
             "share_not_lower": float((diffs >= 0).mean()), "draws": draws}
+
+
+def paired_auc_of_evaluations(base, candidate, split: str = "val", draws: int = 2000) -> dict:
+    """`paired_auc_difference` of two cached evaluations (`{split}_labels`, `{split}_logits`, as
+    `convert_models.py --runs-dir` caches them). Both must have scored the same faces in the same
+    order, or the pairing means nothing."""
+    labels = np.asarray(base[f"{split}_labels"])
+    if not np.array_equal(labels, candidate[f"{split}_labels"]):
+        raise ValueError(f"the two evaluations were not scored on the same {split} faces")
+    return {"split": split,
+            **paired_auc_difference(labels, base[f"{split}_logits"], candidate[f"{split}_logits"], draws)}

@@ -18,7 +18,7 @@ Steps (each a repository command, so each figure can be reproduced on its own):
 6. `evaluate.py --split val --stability --max-samples 200 --reframing 40` on the candidate set;
 7. the candidate set's figures as in step 2, and a table of both side by side (WORK/judge.json);
    and the candidate member's val AUC minus the installed one's, with its paired 90 % interval
-   (`metrics.paired_auc_difference`, on the same faces), when the key is installed.
+   (`metrics.paired_auc_of_evaluations`, on the same faces), when the key is installed.
 
 The install decision stays with the rule written before the run ended; this script only measures.
 """
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from convert_models import _member_logits  # noqa: E402
-from metrics import binary_metrics, paired_auc_difference  # noqa: E402
+from metrics import binary_metrics, paired_auc_of_evaluations  # noqa: E402
 from model_store import read_manifest  # noqa: E402
 from registry import ENSEMBLE_KEY, MODEL_KEYS  # noqa: E402
 from scoring import combine, sigmoid  # noqa: E402
@@ -63,21 +63,11 @@ def figures_from_logits(members: dict[str, dict[str, np.ndarray]], ensemble: dic
     return out
 
 
-def figures_of(models_dir: Path, cache_dir: Path, data_dir: str, cross_data: str) -> dict:
+def figures_of(models_dir: Path, cache_dir: Path, data_dir: str, cross_data: str) -> tuple[dict, dict]:
+    """The set's figures, and the members' logits they came from (the paired comparison reuses them)."""
     keys = [k for k in MODEL_KEYS if (models_dir / f"{k}.json").exists()]
     members = {k: _member_logits(models_dir, k, cache_dir, data_dir, cross_data) for k in keys}
-    return figures_from_logits(members, json.loads((models_dir / f"{ENSEMBLE_KEY}.json").read_text()))
-
-
-def paired_against_installed(installed: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                             split: str = "val") -> dict:
-    """The candidate member's AUC minus the installed one's on `split`, with its paired 90 % interval
-    (the member rule since session 32 reads the interval's upper end). Both must have scored the
-    same faces in the same order, or the pairing means nothing."""
-    labels = installed[f"{split}_labels"]
-    if not np.array_equal(labels, candidate[f"{split}_labels"]):
-        raise ValueError(f"the installed and candidate models were not scored on the same {split} faces")
-    return {"split": split, **paired_auc_difference(labels, installed[f"{split}_logits"], candidate[f"{split}_logits"])}
+    return figures_from_logits(members, json.loads((models_dir / f"{ENSEMBLE_KEY}.json").read_text())), members
 
 
 def side_by_side(before: dict, after: dict, names=FIGURES) -> str:
@@ -138,10 +128,8 @@ def main(argv=None) -> int:
     data = ["--data-dir", a.data_dir, "--cross-data", a.cross_data]
     with open(work / "judge.log", "a") as log:
         print("installed figures", flush=True)
-        before = figures_of(installed, cache, a.data_dir, a.cross_data)
-        # Read now: the conversion below overwrites this key's cached logits with the candidate's.
-        installed_member = (_member_logits(installed, key, cache, a.data_dir, a.cross_data)
-                            if (installed / f"{key}.json").exists() else None)
+        # Read now, logits included: the conversion below overwrites this key's cached logits.
+        before, installed_members = figures_of(installed, cache, a.data_dir, a.cross_data)
         _run([py, "convert_models.py", "--checkpoint", a.checkpoint, *data, "--out", str(candidate),
               "--runs-dir", str(cache)], log)
         # The conversion caches the candidate's logits beside its checkpoint; the ensemble refit reads
@@ -163,10 +151,10 @@ def main(argv=None) -> int:
                             "--max-samples", str(a.stability_samples), "--reframing", str(a.reframing),
                             "--models-dir", str(candidate), "--json"],
                            cwd=ROOT, check=True, stdout=out, stderr=log)
-        after = figures_of(candidate, cache, a.data_dir, a.cross_data)
-        paired = (paired_against_installed(installed_member, _member_logits(candidate, key, cache, a.data_dir,
-                                                                            a.cross_data))
-                  if installed_member is not None else None)
+        after, candidate_members = figures_of(candidate, cache, a.data_dir, a.cross_data)
+        # The member rule (since session 32) reads the upper end of this paired interval.
+        paired = (paired_auc_of_evaluations(installed_members[key], candidate_members[key])
+                  if key in installed_members else None)
     stab = json.loads((work / "val_stability.json").read_text())
     manifest = read_manifest(candidate / f"{key}.json")
     result = {"checkpoint": a.checkpoint, "key": key, "temperature": manifest["temperature"],

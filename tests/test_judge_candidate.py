@@ -44,14 +44,3 @@ def test_side_by_side_marks_changes_only():
     assert table[2] == "| `a` | 0.9000 -> 0.9500 | 0.2000 | 0.1000 |"
     assert table[3] == "| `new` | n/a -> 0.7000 | n/a | n/a -> 0.3000 |"
 
-
-def test_the_member_is_paired_with_the_installed_one_on_the_same_faces_only():
-    judge = _judge()
-    installed, better = _member([-2, 1, -1, 2], [0, 0, 0, 0]), _member([-2, -1, 1, 2], [0, 0, 0, 0])
-    out = judge.paired_against_installed(installed, better)
-    # installed orders 3 of 4 real-fake pairs (AUC 0.75), the candidate all four (1.0)
-    assert out["split"] == "val" and out["difference"] == pytest.approx(0.25)
-    assert out["ci90"][1] >= 0
-    shuffled = dict(better, val_labels=np.array([1, 0, 1, 0]))
-    with pytest.raises(ValueError, match="same val faces"):
-        judge.paired_against_installed(installed, shuffled)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import paired_auc_difference
+from metrics import paired_auc_difference, paired_auc_of_evaluations
 from script_loader import load_script
 
 
@@ -21,7 +21,7 @@ def test_the_same_scores_differ_by_nothing_on_every_draw():
     assert out["difference"] == 0.0 and out["ci90"] == [0.0, 0.0] and out["share_not_lower"] == 1.0
 
 
-def test_a_clearly_better_candidate_is_above_zero_and_the_difference_is_the_plain_one():
+def test_a_clearly_better_candidate_is_above_zero_on_every_draw():
     labels, base = _scores(1, separation=0.5)
     _, better = _scores(2, separation=2.0)
     out = paired_auc_difference(labels, base, better, draws=200)
@@ -54,5 +54,16 @@ def test_the_script_refuses_two_files_scored_on_different_faces(tmp_path):
     labels, scores = _scores(4, n=20)
     np.savez(tmp_path / "a.npz", val_labels=labels, val_logits=scores)
     np.savez(tmp_path / "b.npz", val_labels=labels[::-1], val_logits=scores)
-    with pytest.raises(SystemExit, match="same faces"):
-        load_script("experiments/paired_auc").main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--draws", "5"])
+    with pytest.raises(SystemExit, match="same val faces"):
+        load_script("experiments/paired_auc").main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
+                                                     "--draws", "5"])
+
+
+def test_two_evaluations_are_paired_on_the_same_faces_only():
+    labels = np.array([0, 0, 1, 1])
+    installed = {"val_labels": labels, "val_logits": np.array([-2.0, 1.0, -1.0, 2.0])}   # AUC 0.75
+    better = {"val_labels": labels, "val_logits": np.array([-2.0, -1.0, 1.0, 2.0])}      # AUC 1.0
+    out = paired_auc_of_evaluations(installed, better, draws=20)
+    assert out["split"] == "val" and out["difference"] == pytest.approx(0.25) and out["draws"] == 20
+    with pytest.raises(ValueError, match="same val faces"):
+        paired_auc_of_evaluations(installed, dict(better, val_labels=np.array([1, 0, 1, 0])))

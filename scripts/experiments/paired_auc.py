@@ -3,9 +3,9 @@
 (`scripts/judge_candidate.py` reports the same figure for its candidate; this compares any two.)
 Session 31 asked this of the install rules' `>=` on a candidate's converted val AUC; since session
 32 the member rule reads this figure (docs/training.md). Both are scored on the same faces, so the
-question is the noise of their *difference*, not of each AUC alone. This resamples the faces (real and fake apart, so every draw
-keeps the split's balance) and reports the difference of the two AUCs on each draw: its mean, 90 %
-interval, and the share of draws where the candidate is not lower. Inputs are the `eval_logits.npz`
+question is the noise of their *difference*, not of each AUC alone. This resamples the faces (real
+and fake apart, so every draw keeps the split's balance) and reports the difference of the two AUCs
+on each draw: its mean, 90 % interval, and the share of draws where the candidate is not lower. Inputs are the `eval_logits.npz`
 files that `convert_models.py --runs-dir` caches (the judge's `evalcache/<key>/`).
 
     .venv/bin/python scripts/experiments/paired_auc.py \\
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from metrics import paired_auc_difference  # noqa: E402
+from metrics import paired_auc_of_evaluations  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,11 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=2000)
     a = p.parse_args(argv)
     base, cand = np.load(a.base, allow_pickle=False), np.load(a.candidate, allow_pickle=False)
-    labels = base[f"{a.split}_labels"]
-    if not np.array_equal(labels, cand[f"{a.split}_labels"]):
-        raise SystemExit("the two files were not scored on the same faces")
-    out = paired_auc_difference(labels, base[f"{a.split}_logits"], cand[f"{a.split}_logits"], a.draws)
-    print(json.dumps({"split": a.split, **out}))
+    try:
+        out = paired_auc_of_evaluations(base, cand, a.split, draws=a.draws)
+    except ValueError as e:          # a clear message, not a traceback
+        raise SystemExit(str(e)) from None
+    print(json.dumps(out))
     return 0
 
 
