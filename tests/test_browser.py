@@ -2,7 +2,9 @@
 
 Uploads a photo and a short video through the page's file input, checks what the page says, and
 saves screenshots to test-output/ (copied to docs/screenshots/image_mode.png and video_mode.png only
-with DFSTUDIO_UPDATE_SCREENSHOTS=1, so a test run leaves the tracked files alone).
+with DFSTUDIO_UPDATE_SCREENSHOTS=1, so a test run leaves the tracked files alone). The test runs the app
+on small random-weight models; with DFSTUDIO_UPDATE_SCREENSHOTS=1 it runs it on the shipped weights in
+converted_models/, so that the README shows what a user of a fresh clone sees.
 Skipped only when /usr/bin/chromium is absent (`make system-deps` installs it).
 """
 from __future__ import annotations
@@ -58,12 +60,17 @@ def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: floa
     raise AssertionError(f"streamlit did not become healthy in {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
+def updating_screenshots() -> bool:
+    return os.environ.get("DFSTUDIO_UPDATE_SCREENSHOTS") == "1"
+
+
 @pytest.fixture(scope="module")
 def server(random_models_dir):
     OUT.mkdir(exist_ok=True)
     port = free_port()
     log_path = OUT / "streamlit-server.log"
-    env = {**os.environ, "DFSTUDIO_MODELS_DIR": str(random_models_dir), "PYTHONUNBUFFERED": "1"}
+    models_dir = ROOT / "converted_models" if updating_screenshots() else random_models_dir
+    env = {**os.environ, "DFSTUDIO_MODELS_DIR": str(models_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("DFSTUDIO_TEST_HOOKS", None)
     log = open(log_path, "wb")
     # Popen on the interpreter itself (no shell): proc.pid is the server's, so it can be stopped.
@@ -124,7 +131,7 @@ def full_screenshot(page, name: str) -> Path:
     page.wait_for_timeout(1500)
     path = OUT / name
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("DFSTUDIO_UPDATE_SCREENSHOTS") == "1":
+    if updating_screenshots():
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, SCREENSHOTS / name)
     page.set_viewport_size({"width": 1400, "height": 1000})
