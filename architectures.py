@@ -8,6 +8,7 @@ pretrained trunk is what lets these models learn `dfdc-faces` in minutes on a CP
 from __future__ import annotations
 
 import glob
+import math
 import os
 import sysconfig
 from collections import OrderedDict
@@ -443,6 +444,29 @@ class CNNTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, coarse = self.trunk(x)
         return self.head(self.norm(self.stream(coarse)[:, 0]))
+
+
+def resample_position_embeddings(state: dict, own: dict) -> tuple[dict, list[str]]:
+    """`state` (weights to start from) with each TokenStream's learned position embedding (`*.pos`:
+    CLS + a square grid of tokens) resampled to the grid of the model whose state dict is `own`, and
+    the keys it resampled. Weights trained at another input size then start from the positions they
+    learnt (timm's bicubic resampling, the CLS row kept) instead of being skipped for their shape and
+    left at random. Anything that is not such an embedding is returned as it is."""
+    from timm.layers import resample_abs_pos_embed
+
+    out, resampled = dict(state), []
+    for key, value in state.items():
+        target = own.get(key)
+        if not key.endswith(".pos") or target is None or target.shape == value.shape:
+            continue
+        if value.dim() != 3 or target.dim() != 3 or value.shape[0] != 1 or value.shape[2] != target.shape[2]:
+            continue
+        old, new = math.isqrt(value.shape[1] - 1), math.isqrt(target.shape[1] - 1)
+        if old * old != value.shape[1] - 1 or new * new != target.shape[1] - 1:
+            continue
+        out[key] = resample_abs_pos_embed(value.float(), [new, new], [old, old], num_prefix_tokens=1)
+        resampled.append(key)
+    return out, resampled
 
 
 def _grid_side(img_size: int, stride: int) -> int:

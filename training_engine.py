@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+import architectures
 import data_handler
 from metrics import binary_metrics
 from model_store import atomic_write_bytes, atomic_write_json, sha256_of
@@ -296,9 +297,12 @@ class Trainer:
             state = load_checkpoint(Path(path))
             state = state.get("model", state)
         own = model.state_dict()
+        # Weights from another input size: the position embeddings are resampled to this grid.
+        state, resampled = architectures.resample_position_embeddings(state, own)
         usable = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(usable, strict=False)
-        log.info("init weights: %d/%d tensors loaded from %s", len(usable), len(own), path)
+        log.info("init weights: %d/%d tensors loaded from %s%s", len(usable), len(own), path,
+                 f" ({', '.join(resampled)} resampled to this input size)" if resampled else "")
 
     # -- loops ------------------------------------------------------------------------------------
     def _loss(self, logits, labels, teacher):

@@ -382,3 +382,46 @@ def test_anti_aliased_xception_blurs_its_convs_and_pools_and_steadies_the_shippe
     blurred = get_spec("xception").build(128, anti_alias=1).eval()
     blurred.load_state_dict(plain.state_dict(), strict=True)
     assert 1 - shift_agreement(blurred) < (1 - shift_agreement(plain)) / 5
+
+
+@pytest.mark.parametrize("key", ["cnn_transformer", "cross_attention"])
+def test_weights_from_another_input_size_keep_their_position_embeddings(key, tmp_path):
+    """A custom model continued at a larger input size starts from the position embeddings it learnt,
+    resampled to the new token grid, rather than skipping them for their shape (left random)."""
+    from safetensors.torch import save_file
+
+    from architectures import resample_position_embeddings
+    from training_engine import Trainer
+
+    torch.manual_seed(0)
+    small, large = get_spec(key).build(128, pretrained=False), get_spec(key).build(192, pretrained=False)
+    state, own = small.state_dict(), large.state_dict()
+    pos_keys = [k for k in state if k.endswith(".pos")]
+    assert pos_keys and all(state[k].shape != own[k].shape for k in pos_keys)
+    for k in pos_keys:   # a constant grid, so that resampling it has one right answer
+        state[k] = torch.cat([torch.full_like(state[k][:, :1], 2.0), torch.full_like(state[k][:, 1:], -1.0)], 1)
+
+    got, resampled = resample_position_embeddings(state, own)
+    assert sorted(resampled) == sorted(pos_keys)
+    for k in pos_keys:
+        assert got[k].shape == own[k].shape
+        assert torch.equal(got[k][:, :1], state[k][:, :1])                       # CLS row kept
+        assert torch.allclose(got[k][:, 1:], torch.full_like(got[k][:, 1:], -1.0), atol=1e-5)
+    assert all(got[k] is state[k] for k in state if k not in pos_keys)          # the rest untouched
+
+    path = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    Trainer._load_init_weights(large, str(path))
+    loaded = large.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in state if k not in pos_keys)
+    assert all(torch.allclose(loaded[k][:, 1:], torch.full_like(loaded[k][:, 1:], -1.0), atol=1e-5) for k in pos_keys)
+
+
+def test_position_embeddings_of_the_same_size_or_not_a_square_grid_are_left_alone():
+    from architectures import resample_position_embeddings
+
+    same = {"stream.pos": torch.randn(1, 17, 8)}
+    assert resample_position_embeddings(same, {"stream.pos": torch.zeros(1, 17, 8)}) == (same, [])
+    odd = {"stream.pos": torch.randn(1, 7, 8)}           # 6 tokens: no square grid to resample
+    got, resampled = resample_position_embeddings(odd, {"stream.pos": torch.zeros(1, 17, 8)})
+    assert resampled == [] and got["stream.pos"] is odd["stream.pos"]
