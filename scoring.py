@@ -71,11 +71,17 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def prepare_batch(crops: list[np.ndarray], size: int, mean, std) -> torch.Tensor:
-    """uint8 RGB crops -> normalised float (N, 3, size, size), resized as in training (antialiased)."""
-    resized = [c if c.shape[0] == size and c.shape[1] == size else
-               cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA if c.shape[0] > size else cv2.INTER_LINEAR)
-               for c in crops]
+def prepare_batch(crops: list[np.ndarray], size: int, mean, std, interpolation: int | None = None) -> torch.Tensor:
+    """uint8 RGB crops -> normalised float (N, 3, size, size), resized as in training (antialiased), or
+    with the cv2 `interpolation` given (the stability check's other filter)."""
+    def resample(c: np.ndarray) -> np.ndarray:
+        if c.shape[0] == size and c.shape[1] == size:
+            return c
+        if interpolation is None:
+            return cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA if c.shape[0] > size else cv2.INTER_LINEAR)
+        return cv2.resize(c, (size, size), interpolation=interpolation)
+
+    resized = [resample(c) for c in crops]
     x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -198,13 +204,14 @@ class ScoringEngine:
         if not self.models:
             raise NoModelsError(no_models_message(self.models_dir))
 
-    def model_logits(self, key: str, crops: list[np.ndarray]) -> np.ndarray:
-        """Temperature-calibrated logits of one model for all crops, in batches of MAX_BATCH."""
+    def model_logits(self, key: str, crops: list[np.ndarray], interpolation: int | None = None) -> np.ndarray:
+        """Temperature-calibrated logits of one model for all crops, in batches of MAX_BATCH; each crop
+        resized to the model's input as in training, or with the cv2 `interpolation` given."""
         loaded = self.models[key]
         out = []
         for start in range(0, len(crops), MAX_BATCH):
             batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size,
-                                  loaded.manifest["mean"], loaded.manifest["std"])
+                                  loaded.manifest["mean"], loaded.manifest["std"], interpolation)
             if self.uses_flip(key):  # one call for both views: (N) crops then their (N) mirror images
                 both = self.runners[key].logits(torch.cat([batch, batch.flip(3)]))
                 out.append((both[:len(batch)] + both[len(batch):]) / 2)
@@ -213,13 +220,14 @@ class ScoringEngine:
         raw = np.concatenate(out) if out else np.zeros(0, np.float32)
         return raw.astype(np.float64) / loaded.temperature
 
-    def score_crops(self, crops: list[np.ndarray], models=None) -> ScoreResult:
-        """Score face crops (uint8 RGB squares) with the chosen (default: all loaded) models."""
+    def score_crops(self, crops: list[np.ndarray], models=None, interpolation: int | None = None) -> ScoreResult:
+        """Score face crops (uint8 RGB squares) with the chosen (default: all loaded) models
+        (`interpolation`: see `model_logits`)."""
         self.require_models()
         keys = [k for k in (models or self.loaded_keys) if k in self.models]
         if not keys:
             raise NoModelsError("none of the chosen models is installed: " + ", ".join(models or []))
-        logits = {k: self.model_logits(k, crops) for k in keys}
+        logits = {k: self.model_logits(k, crops, interpolation) for k in keys}
         return ScoreResult(model_logits=logits, model_probabilities={k: sigmoid(v) for k, v in logits.items()},
                            ensemble_probability=self.combine(logits), models_used=keys)
 

@@ -4,7 +4,7 @@ Two measurements, both printed by `evaluate.py`:
 
 * `crop_views` / `stability` (`evaluate.py --stability`): each test crop is re-cut as a detector might
   have cut it (centre shifted by 5 % of the side, side 5 % larger or smaller), resized with the other
-  filter (bilinear straight to the model's input instead of area averaging), and re-saved as JPEG
+  filter (bilinear straight to each model's own input instead of area averaging), and re-saved as JPEG
   quality 75 off its block grid (`jpeg_off_grid`). For each model and the ensemble: mean, 95th
   percentile and max of |P(view) - P(crop)|.
 * `reframing` (`evaluate.py --reframing`): the check as first reported, end to end through face
@@ -60,14 +60,20 @@ def jpeg_off_grid(crop: np.ndarray, quality: int = JPEG_QUALITY, offset: int = O
     return np.ascontiguousarray(jpeg(padded, quality)[offset:, offset:])
 
 
-def crop_views(crop: np.ndarray, rng: np.random.Generator, model_size: int) -> dict[str, np.ndarray]:
-    """Perturbed versions of one crop, named by what changed."""
+# Views whose pixels are the crop's own and whose change is how each model resamples them to its own
+# input size (models may differ in size): scored with this cv2 interpolation instead of training's.
+VIEW_INTERPOLATION = {"filter": cv2.INTER_LINEAR}
+
+
+def crop_views(crop: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Perturbed versions of one crop, named by what changed ("filter" is the crop itself, resampled
+    by `VIEW_INTERPOLATION` when it is scored)."""
     sx, sy = rng.choice([-1.0, 1.0], size=2)
     return {
         "shift": recut(crop, sx * SHIFT, sy * SHIFT, 1.0),
         "larger": recut(crop, 0.0, 0.0, 1.0 + SCALE),
         "smaller": recut(crop, 0.0, 0.0, 1.0 - SCALE),
-        "filter": cv2.resize(crop, (model_size, model_size), interpolation=cv2.INTER_LINEAR),
+        "filter": crop,
         "jpeg75": jpeg_off_grid(crop),
     }
 
@@ -106,14 +112,15 @@ def dp_summary(diffs: np.ndarray) -> dict:
 
 def view_diffs(engine, crops: list[np.ndarray], keys: list[str], make_views, batch: int = 64) -> dict:
     """P(view) - P(crop) for every model in `keys` and the ensemble, as {key: {view name: one value per
-    crop}}; `make_views(crop)` gives each crop's named views (the same names for every crop)."""
+    crop}}; `make_views(crop)` gives each crop's named views (the same names for every crop), scored
+    with `VIEW_INTERPOLATION`'s resampling where it names the view."""
     diffs: dict[str, dict[str, list]] = {k: {} for k in [*keys, ENSEMBLE_KEY]}
     for start in range(0, len(crops), batch):
         part = crops[start:start + batch]
         views = [make_views(c) for c in part]
         base = engine.score_crops(part, keys)
         for name in views[0]:
-            moved = engine.score_crops([v[name] for v in views], keys)
+            moved = engine.score_crops([v[name] for v in views], keys, VIEW_INTERPOLATION.get(name))
             for k in keys:
                 diffs[k].setdefault(name, []).append(moved.model_probabilities[k] - base.model_probabilities[k])
             diffs[ENSEMBLE_KEY].setdefault(name, []).append(moved.ensemble_probability - base.ensemble_probability)
@@ -128,9 +135,8 @@ def faces_by_views(by_view: dict[str, np.ndarray]) -> np.ndarray:
 def stability(engine, crops: list[np.ndarray], models=None, seed: int = 0, batch: int = 64) -> dict:
     """|dP| between each crop and its views, for every model and the ensemble (see module doc)."""
     keys = [k for k in (models or engine.loaded_keys) if k in engine.models]
-    model_size = max(engine.models[k].input_size for k in keys)
     rng = np.random.default_rng(seed)
-    diffs = view_diffs(engine, crops, keys, lambda c: crop_views(c, rng, model_size), batch)
+    diffs = view_diffs(engine, crops, keys, lambda c: crop_views(c, rng), batch)
     return {k: {**dp_summary(faces_by_views(by_view)),
                 "by_view": {name: round(float(np.abs(v).mean()), 4) for name, v in by_view.items()}}
             for k, by_view in diffs.items()}

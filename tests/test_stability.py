@@ -11,9 +11,9 @@ def test_recut_without_change_is_the_crop_and_views_keep_the_shape(astronaut):
     crop = np.ascontiguousarray(astronaut[20:244, 150:374])
     same = stability.recut(crop, 0.0, 0.0, 1.0)
     assert np.abs(same.astype(int) - crop.astype(int)).mean() < 1.0
-    views = stability.crop_views(crop, np.random.default_rng(0), model_size=96)
+    views = stability.crop_views(crop, np.random.default_rng(0))
     assert set(views) == {"shift", "larger", "smaller", "filter", "jpeg75"}
-    assert views["filter"].shape == (96, 96, 3)
+    assert views["filter"] is crop and set(stability.VIEW_INTERPOLATION) == {"filter"}
     for name in ("shift", "larger", "smaller", "jpeg75"):
         assert views[name].shape == crop.shape and views[name].dtype == np.uint8
         assert not np.array_equal(views[name], crop), name
@@ -25,7 +25,7 @@ def test_the_jpeg_view_recompresses_a_jpeg_75_crop_off_its_grid(astronaut):
     """The dfdc-faces crops are JPEG 75: re-saving one on its own grid would change (almost) nothing."""
     saved = stability.jpeg(np.ascontiguousarray(astronaut[20:244, 150:374]))   # a JPEG-75 crop, decoded
     on_grid = np.abs(stability.jpeg(saved).astype(int) - saved).mean()
-    view = stability.crop_views(saved, np.random.default_rng(0), model_size=96)["jpeg75"]
+    view = stability.crop_views(saved, np.random.default_rng(0))["jpeg75"]
     assert view.shape == saved.shape
     off_grid = np.abs(view.astype(int) - saved).mean()
     assert on_grid < 0.2 and off_grid > 0.5 and off_grid > 5 * on_grid, (on_grid, off_grid)
@@ -108,3 +108,31 @@ def test_p95_interval_resamples_faces_not_views():
     assert stability.dp_summary(views)["n"] == 200
     as_independent = np.subtract(*stability.p95_interval(views.ravel())[::-1])
     assert as_independent < np.subtract(*stability.p95_interval(views)[::-1])
+
+
+def test_the_filter_view_resamples_straight_to_each_models_own_input(random_models_dir, astronaut):
+    """Models of different input sizes each see the crop resampled bilinearly straight to their own
+    size, not through another model's size."""
+    import cv2
+
+    from scoring import prepare_batch
+
+    crop = np.ascontiguousarray(astronaut[20:244, 150:374])
+    mean = std = (0.5, 0.5, 0.5)
+    straight = prepare_batch([cv2.resize(crop, (64, 64), interpolation=cv2.INTER_LINEAR)], 64, mean, std)
+    assert np.array_equal(prepare_batch([crop], 64, mean, std, cv2.INTER_LINEAR).numpy(), straight.numpy())
+    assert not np.array_equal(prepare_batch([crop], 64, mean, std).numpy(), straight.numpy())  # area by default
+
+    keys = ["efficientnet", "cnn_transformer"]
+    engine = ScoringEngine(random_models_dir, keys=keys, runtime="torch")
+    engine.models["efficientnet"].manifest["input_size"] = 48   # two sizes in one ensemble
+    crops = [crop, np.ascontiguousarray(astronaut[30:230, 160:360])]
+    diffs = stability.view_diffs(engine, crops, keys, lambda c: {"filter": c})
+    base, moved = engine.score_crops(crops, keys), engine.score_crops(crops, keys, cv2.INTER_LINEAR)
+    for k in keys:
+        expected = moved.model_probabilities[k] - base.model_probabilities[k]
+        assert np.allclose(diffs[k]["filter"], expected) and np.abs(expected).max() > 0, k
+    for k, size in (("efficientnet", 48), ("cnn_transformer", 64)):
+        own = engine.score_crops([cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR) for c in crops], [k])
+        assert np.allclose(moved.model_probabilities[k], own.model_probabilities[k], atol=1e-6), k
+
