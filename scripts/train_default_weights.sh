@@ -171,12 +171,12 @@ train efficientnet --init-weights "$SESSION21_EFFICIENTNET" --arch-arg anti_alia
 # (encoder_drop_path_rate) and dropout before the head, at 3e-5; six epochs before the budget stopped it,
 # ReduceLROnPlateau cut the rate to 9e-6 after epoch 4 (shipped in session 31: epoch 6). The same run was
 # resumed (same command, a larger --time-budget) for epochs 7-11 in session 31, 12-17 in session 32 and
-# 18 in session 33, at 9e-6 throughout; shipped since session 33: epoch 18, the run's best val AUC and
-# loss, so best.pt.
+# 18-21 in session 33, at 9e-6 throughout; shipped since session 33: epoch 21, the run's best val AUC,
+# so best.pt.
 SESSION24_CNN_TRANSFORMER=${SESSION24_CNN_TRANSFORMER:-converted_models/cnn_transformer.safetensors}   # git show 8d10864:converted_models/cnn_transformer.{json,safetensors}
 train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
     --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5 \
-    --warmup-steps 50 --epoch-samples 8192 --epochs 18 --output-dir "$OUT/ct30"
+    --warmup-steps 50 --epoch-samples 8192 --epochs 21 --output-dir "$OUT/ct30"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -210,4 +210,4 @@ echo "== all trained"
 # Session 32: cnn_transformer is converted from "$OUT/ct30/cnn_transformer/best.pt" (epoch 16), then --ensemble
 #   (mean+floor, the same four voters).
 # Session 33: cnn_transformer is converted from "$OUT/ct30/cnn_transformer/best.pt" (epoch 17), then --ensemble
-#   (mean+floor, the same four voters); later in the session the same from epoch 18.
+#   (mean+floor, the same four voters); later in the session the same from epoch 18, then from epoch 21.
