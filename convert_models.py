@@ -169,6 +169,8 @@ def training_section(config: dict, ckpt: dict) -> dict:
         "sbi": config.get("sbi"), "distilled_from": config.get("teacher"), "init_weights": config.get("init_weights"),
         "command": config.get("command"), "history": history,
     }
+    if "averaged_from" in ckpt:     # scripts/average_checkpoints.py: these weights are several epochs' mean
+        training["averaged_from"] = json.loads(ckpt["averaged_from"])
     earlier = lineage(config)
     if earlier:
         training["continued_from"] = earlier
