@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from media import IMAGE_EXTENSIONS
@@ -290,6 +290,46 @@ def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mask = _soft_face_mask(size, rng)[..., None]
     blended = source * mask + face.astype(np.float32) * (1 - mask)
     return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def real_fake_pairs(labels, groups) -> np.ndarray:
+    """(P, 2) indices [real, fake] of faces that share a group (`dfdc-faces`: a real video and the fake
+    made from it), matched within each group in index order; faces left without a partner in their
+    group (more reals than fakes, or the other way round) are not in any pair."""
+    by_group: dict[str, tuple[list[int], list[int]]] = {}
+    for i, (label, group) in enumerate(zip(np.asarray(labels), groups)):
+        by_group.setdefault(group, ([], []))[int(label)].append(i)
+    pairs = [pair for reals, fakes in by_group.values() for pair in zip(reals, fakes)]
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+class PairedSampler(Sampler):
+    """Training indices drawn as real/fake pairs of one group, the two faces of a pair next to each
+    other, so that (with an even batch size) every batch holds both halves of each pair it holds.
+
+    Why: a fake in `dfdc-faces` shows the same scene as its real video with the face swapped, so a
+    batch that holds both asks the model for the one thing that differs, the manipulation, while the
+    scene, the person and the camera are given twice with opposite labels; randomly drawn batches let
+    it lean on whatever separates these particular training videos (docs/training.md, session 34).
+    Each epoch draws `num_samples // 2` pairs without replacement (seeded by `generator`); under
+    DistributedDataParallel each of `world` ranks takes every `world`-th pair."""
+
+    def __init__(self, labels, groups, num_samples: int, generator: torch.Generator | None = None,
+                 rank: int = 0, world: int = 1):
+        self.pairs = real_fake_pairs(labels, groups)
+        if len(self.pairs) == 0:
+            raise ValueError("--paired needs a dataset whose groups hold real and fake faces together "
+                             "(metadata.csv with a group column, e.g. dfdc-faces)")
+        self.n_pairs = min(num_samples // 2, len(self.pairs)) // world
+        self.generator, self.rank, self.world = generator, rank, world
+
+    def __iter__(self):
+        order = torch.randperm(len(self.pairs), generator=self.generator).numpy()
+        chosen = self.pairs[order[self.rank::self.world][:self.n_pairs]]
+        return iter(chosen.reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return 2 * self.n_pairs
 
 
 class FaceCropDataset(Dataset):

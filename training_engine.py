@@ -73,6 +73,9 @@ def build_parser(model_key: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--erase", type=float, default=0.0, metavar="P",
                    help="random erasing: blank one rectangle of a training face to the mean colour with "
                         "probability P (torchvision's RandomErasing; 0: off)")
+    p.add_argument("--paired", action="store_true",
+                   help="draw each real face and the fake made from it (the same group) into the same batch, "
+                        "side by side (data_handler.PairedSampler); needs --batch-size even")
     p.add_argument("--teacher", default=None, metavar="NPZ",
                    help="distil from teacher logits (npz with 'paths' and 'logits' of the train split)")
     p.add_argument("--distill-weight", type=float, default=0.5)
@@ -201,6 +204,8 @@ class Trainer:
         self.arch_args = _parse_arch_args(args.arch_arg)
         if not 0.0 <= args.erase <= 1.0:
             raise SystemExit(f"--erase is a probability between 0 and 1, not {args.erase}")
+        if args.paired and args.batch_size % 2:
+            raise SystemExit(f"--paired keeps each pair in one batch: --batch-size must be even, not {args.batch_size}")
         self.views = args.views or (2 if args.consistency else 1)
         if args.consistency and self.views < 2:
             raise SystemExit("--consistency needs at least two views of each face (--views 2)")
@@ -234,13 +239,23 @@ class Trainer:
         self.val_set = data_handler.FaceCropDataset(
             val, data_handler.eval_transform(a.input_size, mean, std))
         self.n_train, self.n_val = len(train.labels), len(val.labels)
+        if a.paired:
+            n_pairs = len(data_handler.real_fake_pairs(train.labels, train.groups))
+            if n_pairs == 0:
+                raise SystemExit("--paired needs a dataset whose groups hold real and fake faces together "
+                                 "(metadata.csv with a group column, e.g. dfdc-faces); this one has none")
+            log.info("paired sampling: %d real/fake pairs (%d of %d training faces)", n_pairs, 2 * n_pairs,
+                     self.n_train)
 
     def _train_loader(self, epoch: int) -> DataLoader:
         a = self.args
         self.train_set.set_epoch(epoch)
         generator = torch.Generator().manual_seed(a.seed * 1000 + epoch)
         n = a.epoch_samples or self.n_train
-        if self.distributed:
+        if a.paired:
+            sampler = data_handler.PairedSampler(self.train_set.split.labels, self.train_set.split.groups,
+                                                 min(n, self.n_train), generator, self.rank, self.world)
+        elif self.distributed:
             sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
                                          shuffle=True, seed=a.seed, drop_last=True)
             sampler.set_epoch(epoch)
@@ -584,7 +599,7 @@ class Trainer:
         return {"model": a.model, "input_size": a.input_size, "arch_args": self.arch_args,
                 "data_dir": str(a.data_dir), "dataset": self.dataset_name, "n_train": self.n_train,
                 "n_val": self.n_val, "epoch_samples": a.epoch_samples or self.n_train, "batch_size": a.batch_size, "lr": a.lr, "trunk_lr": a.trunk_lr,
-                "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi,
+                "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps, "pretrained": a.pretrained, "sbi": a.sbi, "paired": a.paired,
                 "erase": a.erase, "views": self.views, "consistency": a.consistency,
                 "consistency_form": a.consistency_form, "views_differ": a.views_differ, "ema": a.ema,
                 "teacher": a.teacher, "init_weights": a.init_weights,

@@ -313,3 +313,31 @@ def test_the_epoch_log_keeps_small_learning_rates():
     assert _four_digits(5e-5) == 5e-5      # round(5e-5, 4) gave 0.0001
     assert _four_digits(0.959237) == 0.9592
     assert _four_digits(347.74) == 347.7
+
+
+def test_paired_training_batches_each_real_with_the_fake_of_its_group(dataset, tmp_path):
+    """--paired on a manifest whose groups pair a real with a fake: every logged batch position pair
+    holds one group's real and fake; on folders (no shared groups) it stops with a message."""
+    import pandas as pd
+    reals, fakes = sorted((dataset / "real").rglob("*.png")), sorted((dataset / "fake").rglob("*.png"))
+    rows = [{"path": str(p), "label": label, "group": f"v{i}", "split": "val" if i < 6 else "train"}
+            for label, files in (("real", reals), ("fake", fakes)) for i, p in enumerate(files)]
+    manifest = tmp_path / "metadata.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    out = tmp_path / "runs"
+    proc = subprocess.run(train_cmd("cnn_transformer", manifest, out, tmp_path / "cache", "--epochs", "1",
+                                    "--no-mlflow", "--paired", "--log-samples"),
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    indices = json.loads((out / "cnn_transformer" / "samples-rank0-epoch1.json").read_text())["indices"]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    # the engine's train split keeps the manifest's order
+    assert len(indices) == len(train_rows) and len(set(indices)) == len(indices)
+    for a, b in zip(indices[0::2], indices[1::2]):
+        assert train_rows[a]["group"] == train_rows[b]["group"]
+        assert {train_rows[a]["label"], train_rows[b]["label"]} == {"real", "fake"}
+    assert json.loads((out / "cnn_transformer" / "summary.json").read_text())["config"]["paired"] is True
+    folders = subprocess.run(train_cmd("cnn_transformer", dataset, tmp_path / "runs2", tmp_path / "cache",
+                                       "--epochs", "1", "--no-mlflow", "--paired"),
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert folders.returncode != 0 and "--paired needs a dataset whose groups hold real and fake" in folders.stderr
