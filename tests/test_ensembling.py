@@ -163,3 +163,17 @@ def test_remeasure_recomputes_metrics_from_the_cached_logits_and_keeps_the_tempe
     assert after["metrics"]["val"]["fpr"] == pytest.approx(expected["fpr"])
     assert after["metrics"]["cross_dataset"]["real_mean_p"] == pytest.approx(expected["real_mean_p"])
     assert after["metrics"]["cross_dataset"]["dataset"] == "ffhq" and after["metrics"]["test"]["split"] == "test"
+
+
+def test_the_gap_to_the_best_member_comes_with_a_paired_interval():
+    z, y = make_members()
+    sets = {"test": (z, y)}
+    best = ensembling.best_members(sets)
+    only_good = {"weights": {"good": 1.0, "fair": 0.0, "noise": 0.0}, "bias": 0.0}
+    same = ensembling.versus_best_members(only_good, sets, best, draws=200)["test"]
+    assert same["best_member"] == "good" and same["difference"] == 0 and same["ci90"] == [0, 0]
+    diluted = {"weights": {"good": 0.2, "fair": 0.0, "noise": 0.8}, "bias": 0.0}
+    worse = ensembling.versus_best_members(diluted, sets, best, draws=200)["test"]
+    assert worse["difference"] < 0 and worse["ci90"][1] < 0 and worse["share_not_lower"] < 0.05
+    one_class = {"test": ({k: v[y == 1] for k, v in z.items()}, y[y == 1])}
+    assert ensembling.versus_best_members(only_good, one_class, {"test": ("good", float("nan"))}) == {}

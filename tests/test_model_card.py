@@ -63,3 +63,29 @@ def test_the_starting_point_says_when_only_a_stem_had_imagenet_weights():
     assert starting_point(stemmed) == "from ImageNet weights in a mobilenet_v2 stem, the rest from scratch"
     assert starting_point({"architecture": {"args": {}}, "training": {"pretrained_trunk": True}}) == "from ImageNet weights"
     assert starting_point({"training": {"pretrained_trunk": False}}) == "from scratch"
+
+
+def test_the_card_gives_the_ensembles_gap_to_its_best_member_with_its_interval(tmp_path):
+    import json
+
+    card = _model_card()
+    ensemble = {"weights": {"xception": 1.0}, "chosen": "mean+floor", "why_chosen": "simplest",
+                "metrics": {"test": {"auc": 0.98, "ap": 0.98, "eer": 0.07, "accuracy": 0.92}},
+                "comparison": {"mean+floor": {"weights": {"xception": 1.0}, "val": {"auc": 0.99}, "test": {"auc": 0.98}}},
+                "best_member": {"test": {"key": "xception", "auc": 0.975}}}
+    (tmp_path / "ensemble.json").write_text(json.dumps(ensemble))
+    assert "minus its best member" not in card.main(tmp_path)      # an older manifest: no sentence
+    ensemble["versus_best_member"] = {
+        "test": {"best_member": "cnn_transformer", "difference": 0.0055, "ci90": [0.0031, 0.0079]},
+        "cross_dataset": {"best_member": "swin", "difference": -0.1042, "ci90": [-0.151, -0.0577]}}
+    (tmp_path / "ensemble.json").write_text(json.dumps(ensemble))
+    text = card.main(tmp_path)
+    assert ("test +0.0055 [+0.0031, +0.0079] against `cnn_transformer`; "
+            "FFHQ/StyleGAN2 -0.1042 [-0.1510, -0.0577] against `swin`.") in text
+    assert "Against the best member that votes" not in text
+    ensemble["versus_best_voter"] = {
+        "test": {"best_member": "cnn_transformer", "difference": 0.0055, "ci90": [0.0031, 0.0079]},
+        "cross_dataset": {"best_member": "cnn_transformer", "difference": -0.0126, "ci90": [-0.03, 0.004]}}
+    (tmp_path / "ensemble.json").write_text(json.dumps(ensemble))
+    assert ("`swin`. Against the best member that votes: FFHQ/StyleGAN2 -0.0126 [-0.0300, +0.0040] against "
+            "`cnn_transformer`.") in card.main(tmp_path)        # only the sets where the two differ
