@@ -177,6 +177,17 @@ SESSION24_CNN_TRANSFORMER=${SESSION24_CNN_TRANSFORMER:-converted_models/cnn_tran
 train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
     --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5 \
     --warmup-steps 50 --epoch-samples 8192 --epochs 21 --output-dir "$OUT/ct30"
+# Session 34: the same run from its epoch 21 (last.pt copied into a folder of its own, so its raw and EMA
+# weights and AdamW state carry over) with --paired, each real face and its fake in one batch: epochs 22-26
+# until the early stop (patience 5; ReduceLROnPlateau cut the rate to 2.7e-6 after epoch 24), then resumed
+# with --patience 10 for epochs 27-28 (8.1e-7 after epoch 27). Shipped: epoch 28 (its best val AUC, best.pt).
+mkdir -p "$OUT/ct34/cnn_transformer" && cp "$OUT/ct30/cnn_transformer/last.pt" "$OUT/ct34/cnn_transformer/last.pt"
+train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
+    --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5 \
+    --warmup-steps 50 --epoch-samples 8192 --paired --epochs 26 --output-dir "$OUT/ct34"
+train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
+    --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5 \
+    --warmup-steps 50 --epoch-samples 8192 --paired --patience 10 --epochs 28 --output-dir "$OUT/ct34"
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble
@@ -211,3 +222,5 @@ echo "== all trained"
 #   (mean+floor, the same four voters).
 # Session 33: cnn_transformer is converted from "$OUT/ct30/cnn_transformer/best.pt" (epoch 17), then --ensemble
 #   (mean+floor, the same four voters); later in the session the same from epoch 18, then from epoch 21.
+# Session 34: cnn_transformer is converted from "$OUT/ct34/cnn_transformer/best.pt" (epoch 28), then --ensemble
+#   (mean+floor, the same four voters).
