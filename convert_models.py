@@ -285,12 +285,11 @@ def fit_ensemble(out_dir: Path, runs_dir: Path, data_dir: str, cross_data: str |
     manifest = {"format_version": 1, "key": ENSEMBLE_KEY, "members": keys, **options[pick], "threshold": 0.5,
                 "chosen": pick, "why_chosen": reason, "metrics": results[pick],
                 "best_member": {n: {"key": k, "auc": round(a, 4)} for n, (k, a) in best.items()},
-                "versus_best_member": ensembling.versus_best_members(options[pick], sets, best),
+                "versus_best_member": ensembling.versus_best_members(options[pick], sets),
                 # the same against the best of the members that vote (an advisory member can be the best
                 # on the cross-dataset set while near chance in-domain: issue 11's swin)
-                "versus_best_voter": ensembling.versus_best_members(options[pick], sets, ensembling.best_members(
-                    {n: ({k: v for k, v in z.items() if options[pick]["weights"].get(k, 0) > 0}, y)
-                     for n, (z, y) in sets.items()})),
+                "versus_best_voter": ensembling.versus_best_members(
+                    options[pick], sets, among=[k for k, w in options[pick]["weights"].items() if w > 0]),
                 "comparison": {name: {"weights": options[name]["weights"], "bias": options[name]["bias"],
                                       **{n: {m: round(v, 4) for m, v in r.items() if m in ("auc", "ap", "eer", "accuracy")}
                                          for n, r in results[name].items()}}

@@ -292,6 +292,10 @@ def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
+NO_PAIRS_MESSAGE = ("--paired needs a dataset whose groups hold real and fake faces together "
+                    "(metadata.csv with a group column, e.g. dfdc-faces); this one has none")
+
+
 def real_fake_pairs(labels, groups) -> np.ndarray:
     """(P, 2) indices [real, fake] of faces that share a group (`dfdc-faces`: a real video and the fake
     made from it), matched within each group in index order; faces left without a partner in their
@@ -304,8 +308,8 @@ def real_fake_pairs(labels, groups) -> np.ndarray:
 
 
 class PairedSampler(Sampler):
-    """Training indices drawn as real/fake pairs of one group, the two faces of a pair next to each
-    other, so that (with an even batch size) every batch holds both halves of each pair it holds.
+    """Training indices drawn as real/fake pairs (`real_fake_pairs`), the two faces of a pair next to
+    each other, so that (with an even batch size) every batch holds both halves of each pair it holds.
 
     Why: a fake in `dfdc-faces` shows the same scene as its real video with the face swapped, so a
     batch that holds both asks the model for the one thing that differs, the manipulation, while the
@@ -314,12 +318,11 @@ class PairedSampler(Sampler):
     Each epoch draws `num_samples // 2` pairs without replacement (seeded by `generator`); under
     DistributedDataParallel each of `world` ranks takes every `world`-th pair."""
 
-    def __init__(self, labels, groups, num_samples: int, generator: torch.Generator | None = None,
+    def __init__(self, pairs: np.ndarray, num_samples: int, generator: torch.Generator | None = None,
                  rank: int = 0, world: int = 1):
-        self.pairs = real_fake_pairs(labels, groups)
-        if len(self.pairs) == 0:
-            raise ValueError("--paired needs a dataset whose groups hold real and fake faces together "
-                             "(metadata.csv with a group column, e.g. dfdc-faces)")
+        if len(pairs) == 0:
+            raise ValueError(NO_PAIRS_MESSAGE)
+        self.pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
         self.n_pairs = min(num_samples // 2, len(self.pairs)) // world
         self.generator, self.rank, self.world = generator, rank, world
 

@@ -155,16 +155,17 @@ def best_members(sets: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]) -> d
 
 
 def versus_best_members(body: dict, sets: dict[str, tuple[dict[str, np.ndarray], np.ndarray]],
-                        best: dict[str, tuple[str, float]], draws: int = 2000) -> dict[str, dict]:
-    """Per set: the ensemble's AUC minus its best member's on the same faces, with the paired 90 %
-    bootstrap interval (`metrics.paired_auc_difference`). Issue 11 asks that the ensemble not be below
-    its best member; the interval says whether a gap is larger than the faces' noise, which on the
-    200 fakes of the cross-dataset set is not small. Reported; `choose` does not read it."""
+                        among: list[str] | None = None, draws: int = 2000) -> dict[str, dict]:
+    """Per set: the ensemble's AUC minus that of its best member (of `among`, default all) on the same
+    faces, with the paired 90 % bootstrap interval (`metrics.paired_auc_difference`). Issue 11 asks
+    that the ensemble not be below its best member; the interval says whether a gap is larger than the
+    faces' noise, which on the 200 fakes of the cross-dataset set is not small. Reported; `choose` does
+    not read it. Sets with one class only have no AUC and are left out."""
     out = {}
     for name, (z, y) in sets.items():
-        if not 0 < np.sum(y) < len(y):        # one class only: no AUC to compare (binary_metrics: NaN)
+        if not 0 < np.sum(y) < len(y):
             continue
-        key = best[name][0]
+        key = best_members({name: ({k: z[k] for k in (among or z)}, y)})[name][0]
         diff = paired_auc_difference(y, z[key], combine(body, z, list(z)), draws=draws)
         out[name] = {"best_member": key, **{k: (round(v, 5) if isinstance(v, float) else
                                                  [round(x, 5) for x in v] if isinstance(v, list) else v)

@@ -239,13 +239,12 @@ class Trainer:
         self.val_set = data_handler.FaceCropDataset(
             val, data_handler.eval_transform(a.input_size, mean, std))
         self.n_train, self.n_val = len(train.labels), len(val.labels)
-        if a.paired:
-            n_pairs = len(data_handler.real_fake_pairs(train.labels, train.groups))
-            if n_pairs == 0:
-                raise SystemExit("--paired needs a dataset whose groups hold real and fake faces together "
-                                 "(metadata.csv with a group column, e.g. dfdc-faces); this one has none")
-            log.info("paired sampling: %d real/fake pairs (%d of %d training faces)", n_pairs, 2 * n_pairs,
-                     self.n_train)
+        if a.paired:     # found once; each epoch's PairedSampler draws from them
+            self.train_pairs = data_handler.real_fake_pairs(train.labels, train.groups)
+            if len(self.train_pairs) == 0:
+                raise SystemExit(data_handler.NO_PAIRS_MESSAGE)
+            log.info("paired sampling: %d real/fake pairs (%d of %d training faces)", len(self.train_pairs),
+                     2 * len(self.train_pairs), self.n_train)
 
     def _train_loader(self, epoch: int) -> DataLoader:
         a = self.args
@@ -253,8 +252,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(a.seed * 1000 + epoch)
         n = a.epoch_samples or self.n_train
         if a.paired:
-            sampler = data_handler.PairedSampler(self.train_set.split.labels, self.train_set.split.groups,
-                                                 min(n, self.n_train), generator, self.rank, self.world)
+            sampler = data_handler.PairedSampler(self.train_pairs, min(n, self.n_train), generator,
+                                                 self.rank, self.world)
         elif self.distributed:
             sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
                                          shuffle=True, seed=a.seed, drop_last=True)

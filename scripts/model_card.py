@@ -129,18 +129,19 @@ def main(models_dir=ROOT / "converted_models") -> str:
                 rows.append(f"| {name} | {w} | {fmt(r['val']['auc'])} | {fmt(r['test']['auc'])} | "
                             f"{fmt(r.get('cross_dataset', {}).get('auc'))} |")
             if e.get("versus_best_member"):
-                set_names = {"val": "val", "test": "test", "cross_dataset": "FFHQ/StyleGAN2"}
+                def gaps(by_set: dict) -> str:
+                    names = {"cross_dataset": "FFHQ/StyleGAN2"}
+                    return "; ".join(f"{names.get(n, n)} {v['difference']:+.4f} [{v['ci90'][0]:+.4f}, "
+                                     f"{v['ci90'][1]:+.4f}] against `{v['best_member']}`" for n, v in by_set.items())
+
                 rows += ["", "The chosen ensemble's AUC minus its best member's, on the same faces (in brackets the "
                          "paired 90 % bootstrap interval; an interval that holds 0 is a gap within the faces' noise; "
                          "`convert_models.py --ensemble` records them in `ensemble.json`): "
-                         + "; ".join(f"{set_names.get(n, n)} {v['difference']:+.4f} [{v['ci90'][0]:+.4f}, {v['ci90'][1]:+.4f}] "
-                                     f"against `{v['best_member']}`" for n, v in e["versus_best_member"].items()) + "."]
+                         + gaps(e["versus_best_member"]) + "."]
                 voters = {n: v for n, v in e.get("versus_best_voter", {}).items()
                           if v["best_member"] != e["versus_best_member"].get(n, {}).get("best_member")}
                 if voters:
-                    rows[-1] += (" Against the best member that votes: " + "; ".join(
-                        f"{set_names.get(n, n)} {v['difference']:+.4f} [{v['ci90'][0]:+.4f}, {v['ci90'][1]:+.4f}] "
-                        f"against `{v['best_member']}`" for n, v in voters.items()) + ".")
+                    rows[-1] += " Against the best member that votes: " + gaps(voters) + "."
     rows += false_positives
     stability = ROOT / "docs" / "stability.json"
     if stability.exists():

@@ -182,12 +182,11 @@ train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg ant
 # until the early stop (patience 5; ReduceLROnPlateau cut the rate to 2.7e-6 after epoch 24), then resumed
 # with --patience 10 for epochs 27-28 (8.1e-7 after epoch 27). Shipped: epoch 28 (its best val AUC, best.pt).
 mkdir -p "$OUT/ct34/cnn_transformer" && cp "$OUT/ct30/cnn_transformer/last.pt" "$OUT/ct34/cnn_transformer/last.pt"
-train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
-    --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5 \
-    --warmup-steps 50 --epoch-samples 8192 --paired --epochs 26 --output-dir "$OUT/ct34"
-train cnn_transformer --init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2 \
-    --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5 \
-    --warmup-steps 50 --epoch-samples 8192 --paired --patience 10 --epochs 28 --output-dir "$OUT/ct34"
+CT34=(--init-weights "$SESSION24_CNN_TRANSFORMER" --arch-arg anti_alias=1 --arch-arg drop_path_rate=0.2
+      --arch-arg drop_rate=0.3 --arch-arg encoder_drop_path_rate=0.2 --views 2 --ema 0.995 --lr 3e-5 --trunk-lr 3e-5
+      --warmup-steps 50 --epoch-samples 8192 --paired --output-dir "$OUT/ct34")
+train cnn_transformer "${CT34[@]}" --epochs 26
+train cnn_transformer "${CT34[@]}" --patience 10 --epochs 28
 echo "== all trained"
 # Then: .venv/bin/python convert_models.py --checkpoint "$OUT"/*/best.pt --data-dir "$DATA" \
 #   --cross-data ../shared/datasets/ffhq-stylegan2-faces --ensemble

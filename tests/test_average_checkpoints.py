@@ -66,7 +66,7 @@ def test_the_converted_manifest_records_which_epochs_were_averaged(tmp_path):
     assert "averaged_from" not in plain
 
 
-def test_checkpoints_of_different_models_are_refused_with_a_message(tmp_path, capsys):
+def test_checkpoints_of_different_models_are_refused_with_a_message(tmp_path):
     avg = load_script("average_checkpoints")
     a = fake_checkpoint(tmp_path / "a.pt", seed=1, epoch=1, input_size=64)
     b = fake_checkpoint(tmp_path / "b.pt", seed=2, epoch=2, input_size=96)

@@ -231,21 +231,23 @@ def test_paired_sampler_puts_each_real_next_to_the_fake_of_its_group():
     groups = ["g0", "g0", "g1", "g2", "g1", "g2", "g3", "g3", "g4", "g4", "g5", "g5", "g6", "g7", "g7"]
     pairs = real_fake_pairs(labels, groups)
     assert len(pairs) == 6 and (labels[pairs[:, 0]] == 0).all() and (labels[pairs[:, 1]] == 1).all()
-    order = list(PairedSampler(labels, groups, num_samples=12, generator=torch.Generator().manual_seed(0)))
+    order = list(PairedSampler(pairs, num_samples=12, generator=torch.Generator().manual_seed(0)))
     assert len(order) == 12 and len(set(order)) == 12               # every pair once, nothing repeated
     for real, fake in zip(order[0::2], order[1::2]):
         assert groups[real] == groups[fake] and labels[real] == 0 and labels[fake] == 1
     assert 12 not in order and 13 not in order and 14 not in order  # no partner in their group: left out
-    fewer = list(PairedSampler(labels, groups, num_samples=5, generator=torch.Generator().manual_seed(1)))
+    fewer = list(PairedSampler(pairs, num_samples=5, generator=torch.Generator().manual_seed(1)))
     assert len(fewer) == 4                                           # whole pairs only
-    other = list(PairedSampler(labels, groups, num_samples=12, generator=torch.Generator().manual_seed(1)))
+    other = list(PairedSampler(pairs, num_samples=12, generator=torch.Generator().manual_seed(1)))
     assert other != order and sorted(other) == sorted(order)         # another epoch, another order
-    ranks = [list(PairedSampler(labels, groups, 12, torch.Generator().manual_seed(0), rank=r, world=2))
+    ranks = [list(PairedSampler(pairs, 12, torch.Generator().manual_seed(0), rank=r, world=2))
              for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 6 and not set(ranks[0]) & set(ranks[1])
 
 
 def test_paired_sampling_without_groups_that_hold_both_labels_is_refused():
-    from data_handler import PairedSampler
+    from data_handler import PairedSampler, real_fake_pairs
+    pairs = real_fake_pairs(np.array([0, 1, 0, 1]), ["a", "b", "c", "d"])
+    assert pairs.shape == (0, 2)
     with pytest.raises(ValueError, match="group"):
-        PairedSampler(np.array([0, 1, 0, 1]), ["a", "b", "c", "d"], num_samples=4)
+        PairedSampler(pairs, num_samples=4)

@@ -168,12 +168,13 @@ def test_remeasure_recomputes_metrics_from_the_cached_logits_and_keeps_the_tempe
 def test_the_gap_to_the_best_member_comes_with_a_paired_interval():
     z, y = make_members()
     sets = {"test": (z, y)}
-    best = ensembling.best_members(sets)
     only_good = {"weights": {"good": 1.0, "fair": 0.0, "noise": 0.0}, "bias": 0.0}
-    same = ensembling.versus_best_members(only_good, sets, best, draws=200)["test"]
+    same = ensembling.versus_best_members(only_good, sets, draws=200)["test"]
     assert same["best_member"] == "good" and same["difference"] == 0 and same["ci90"] == [0, 0]
     diluted = {"weights": {"good": 0.2, "fair": 0.0, "noise": 0.8}, "bias": 0.0}
-    worse = ensembling.versus_best_members(diluted, sets, best, draws=200)["test"]
+    worse = ensembling.versus_best_members(diluted, sets, draws=200)["test"]
     assert worse["difference"] < 0 and worse["ci90"][1] < 0 and worse["share_not_lower"] < 0.05
+    among = ensembling.versus_best_members(diluted, sets, among=["fair", "noise"], draws=200)["test"]
+    assert among["best_member"] == "fair"            # the best of the members named, not of all
     one_class = {"test": ({k: v[y == 1] for k, v in z.items()}, y[y == 1])}
-    assert ensembling.versus_best_members(only_good, one_class, {"test": ("good", float("nan"))}) == {}
+    assert ensembling.versus_best_members(only_good, one_class) == {}
