@@ -29,7 +29,7 @@ from metrics import binary_metrics
 from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, ensure_check_logits, load_ensemble_manifest,
                          model_from_checkpoint, read_manifest, save_converted_model, sha256_of)
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
-from scoring import ScoringEngine, is_advisory, sigmoid
+from scoring import TEST_TIME_VIEWS, ScoringEngine, is_advisory, sigmoid
 
 log = logging.getLogger("convert")
 
@@ -77,8 +77,8 @@ def _eval_sets(data_dir: str, cross_data: str | None) -> list[tuple[str, str, st
 
 
 def _calibration_engine(models_dir: Path, key: str) -> ScoringEngine:
-    """The engine that scores `key` as the app does (its test-time flip follows the installed
-    ensemble.json: voting members are flipped, advisory ones not; see ScoringEngine)."""
+    """The engine that scores `key` as the app does (its test-time views follow the installed
+    ensemble.json: voting members use them, advisory ones not; see ScoringEngine)."""
     return ScoringEngine(models_dir, keys=[key], runtime="torch")
 
 
@@ -87,11 +87,8 @@ def _calibrated_logits(engine: ScoringEngine, key: str, paths: list[str]) -> tup
     return logits[key], kept
 
 
-FLIP = "horizontal flip (mean of the two logits)"
-
-
-def _tta_words(flipped: bool) -> str:
-    return FLIP if flipped else "none"
+def _tta_words(with_views: bool) -> str:
+    return TEST_TIME_VIEWS if with_views else "none"
 
 
 def _metric_cmd(data_dir: str, split: str) -> str:
@@ -178,7 +175,7 @@ def training_section(config: dict, ckpt: dict) -> dict:
 
 
 def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, cache_dir: Path) -> dict:
-    """Fit an installed model's temperature on val (fp16 weights as shipped, test-time flip as in the
+    """Fit an installed model's temperature on val (fp16 weights as shipped, test-time views as in the
     app: on for ensemble members that vote), then record val, test and cross-dataset metrics in its
     manifest; cache the calibrated logits in `cache_dir/eval_logits.npz` for the ensemble fit."""
     manifest_path = out_dir / f"{key}.json"
@@ -195,7 +192,7 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     manifest = read_manifest(manifest_path)
     manifest["temperature"] = round(temperature, 5)
     manifest["threshold"] = 0.5
-    manifest["test_time_augmentation"] = _tta_words(engine.uses_flip(key))
+    manifest["test_time_augmentation"] = _tta_words(engine.uses_tta(key))
     cache = {name: (z / temperature, labels) for name, (z, labels) in raw.items()}
     manifest["metrics"] = metrics = _recorded_metrics(cache, sets)
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -219,7 +216,7 @@ def _recorded_metrics(cache: dict, sets: list[tuple[str, str, str]]) -> dict:
 def remeasure(out_dir: Path, key: str, data_dir: str, cross_data: str | None, runs_dir: Path) -> dict:
     """Recompute an installed model's recorded metrics from its calibrated evaluation logits (cached
     under `runs_dir/key`, or scored again when the cache does not match its weights, temperature and
-    flip) without refitting anything: for figures added after the model was converted, such as the
+    test-time views) without refitting anything: for figures added after the model was converted, such as the
     per-class ones. Its weights, temperature and `converted_at` stay as they are."""
     manifest_path = out_dir / f"{key}.json"
     logits = _member_logits(out_dir, key, runs_dir, data_dir, cross_data)
@@ -304,9 +301,10 @@ def fit_ensemble(out_dir: Path, runs_dir: Path, data_dir: str, cross_data: str |
     return manifest
 
 
-def flip_out_of_date(out_dir: Path) -> list[str]:
-    """Installed models whose temperature was fitted with another test-time flip than the installed
-    ensemble now gives them (a member that started or stopped voting): they need recalibrating."""
+def views_out_of_date(out_dir: Path) -> list[str]:
+    """Installed models whose temperature was fitted on other test-time views than the installed
+    ensemble now gives them (a member that started or stopped voting, or views that changed): they
+    need recalibrating."""
     ensemble = load_ensemble_manifest(out_dir)
     stale = []
     for key in MODEL_KEYS:
@@ -342,12 +340,12 @@ def main(argv=None) -> int:
         remeasure(out_dir, get_spec(key).key, a.data_dir, a.cross_data, Path(a.runs_dir))
     if a.ensemble:
         fit_ensemble(out_dir, Path(a.runs_dir), a.data_dir, a.cross_data)
-        # Voting decides the flip and the flip the temperature: members whose vote changed are
-        # recalibrated and the ensemble refitted on their new logits (once: the quality floor is a
-        # val AUC, which the flip moves by thousandths).
-        stale = flip_out_of_date(out_dir)
+        # Voting decides the test-time views and the views the temperature: members whose vote (or
+        # views) changed are recalibrated and the ensemble refitted on their new logits (once: the
+        # quality floor is a val AUC, which the views move by thousandths).
+        stale = views_out_of_date(out_dir)
         if stale:
-            log.info("voting changed for %s: recalibrating with the matching test-time flip", ", ".join(stale))
+            log.info("test-time views changed for %s: recalibrating with the matching views", ", ".join(stale))
             for key in stale:
                 calibrate_and_measure(out_dir, key, a.data_dir, a.cross_data, Path(a.runs_dir) / key)
             fit_ensemble(out_dir, Path(a.runs_dir), a.data_dir, a.cross_data)

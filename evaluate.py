@@ -181,7 +181,7 @@ def stability_report(data_dir: str, split: str, models_dir, models, samples: int
     images = [c for c in (_read_crop(p) for p in rows["path"]) if c is not None]
     command = f"python evaluate.py --data-dir {data_dir} --split {split}" + \
         (f" --stability --max-samples {samples}" if crops else "") + (f" --reframing {reframing_n}" if reframing_n else "")
-    out = {"data_dir": str(data_dir), "split": split, "test_time_flip": engine.flip_tta, "command": command}
+    out = {"data_dir": str(data_dir), "split": split, "test_time_views": engine.tta, "command": command}
     t0 = time.time()
     if crops:
         out["stability"] = stability.stability(engine, images[:samples], models, seed=seed)
@@ -193,7 +193,7 @@ def stability_report(data_dir: str, split: str, models_dir, models, samples: int
 
 
 def format_stability(result: dict) -> str:
-    lines = [f"{result['data_dir']} [{result['split']}] test-time flip: {result['test_time_flip']}"]
+    lines = [f"{result['data_dir']} [{result['split']}] test-time views: {result['test_time_views']}"]
     if "stability" in result:
         lines.append(f"crop stability over {result['stability_crops']} crops x 5 views, |dP|:")
         lines.append(f"{'model':<16}{'mean':>8}{'p95':>8}{'p95 90% CI':>18}{'max':>8}   mean by view")

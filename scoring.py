@@ -31,7 +31,34 @@ log = logging.getLogger("scoring")
 
 DEFAULT_THRESHOLD = 0.5
 MAX_BATCH = 32
-FLIP_POLICIES = ("voters", "all", "none")
+TTA_POLICIES = ("voters", "all", "none")   # which members average test-time views (ScoringEngine)
+
+
+def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """A batch's content moved `dx` pixels right and `dy` down, the edge pixels repeated into the gap."""
+    h, w = batch.shape[2:]
+    return torch.nn.functional.pad(batch, (dx, 0, dy, 0), mode="replicate")[:, :, :h, :w]
+
+
+# What a model that uses test-time views averages, recorded in each manifest (`test_time_augmentation`):
+# the temperature is fitted on these logits, so a manifest fitted on other views is recalibrated
+# (convert_models.py --ensemble).
+TEST_TIME_VIEWS = "the crop and its mirror image, each also moved one pixel right and down (mean of four logits)"
+
+
+def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
+    """The views of a normalised NCHW batch whose logits are averaged: the crop, its mirror image, and
+    both moved one pixel right and down.
+
+    Why these four: the models' scores wobble as a face moves across the grid of their stride-2
+    layers, with a period of about two pixels of their input (docs/training.md, session 35), so the
+    same face found a pixel away moved the ensemble by up to 0.08 (issue 11). The mirror lands x on
+    the other phase of that grid (the inputs have an even width), the one-pixel move both x and y,
+    so the four views cover every phase; views a whole period apart (3 % of the side, session 2)
+    wobble together and did not help. Shifting the mirror image too keeps the set closed under
+    mirroring: a mirrored face gets the same four views, so its score is exactly the same."""
+    mirrored = batch.flip(3)
+    return [batch, mirrored, shifted(batch, 1, 1), shifted(mirrored, 1, 1)]
 
 
 class NoModelsError(RuntimeError):
@@ -119,21 +146,23 @@ class TorchRunner:
 class ScoringEngine:
     """Loads the installed models and scores face crops with each of them and their ensemble.
 
-    Test-time flip: a model that uses it scores every crop and its mirror image and averages the two
-    raw logits before the temperature: a face and its mirror are the same evidence, yet a model alone
-    moved by 0.11 in P(fake) between them (issue 11). It costs one extra batched pass per model, so
-    `flip_tta="voters"` (the default) spends it only where it can change a verdict: on the ensemble's
-    voting members. Advisory members (weight 0, below the quality floor) are scored once; the flip
-    moved their P(fake) by under 0.01 on average (docs/stability.json) while Xception and Swin are 88 %
-    of one pass of the five models (docs/performance.md). "all" / True and "none" / False force it."""
+    Test-time views: a model that uses them scores every crop four ways (`tta_views`: the crop,
+    its mirror image, both a pixel away) and averages the raw logits before the temperature. A face
+    and its mirror are the same evidence, yet a model alone moved by 0.11 in P(fake) between them, and
+    the ensemble by up to 0.08 for a box a pixel away (issue 11). The views run in one batched call,
+    at four times the cost of one pass, so `tta="voters"` (the default) spends them only where they can
+    change a verdict: on the ensemble's voting members. Advisory members (weight 0, below the quality
+    floor) are scored once; the flip moved their P(fake) by under 0.01 on average (docs/stability.json)
+    while Xception and Swin are 88 % of one pass of the five models (docs/performance.md). "all" / True
+    and "none" / False force them."""
 
     def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto",
-                 flip_tta: str | bool = "voters"):
-        if flip_tta not in FLIP_POLICIES and not isinstance(flip_tta, bool):
-            raise ValueError(f"flip_tta must be one of {FLIP_POLICIES} or a bool, not {flip_tta!r}")
-        if isinstance(flip_tta, bool):
-            flip_tta = "all" if flip_tta else "none"
-        self.flip_tta = flip_tta
+                 tta: str | bool = "voters"):
+        if tta not in TTA_POLICIES and not isinstance(tta, bool):
+            raise ValueError(f"tta must be one of {TTA_POLICIES} or a bool, not {tta!r}")
+        if isinstance(tta, bool):
+            tta = "all" if tta else "none"
+        self.tta = tta
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -194,10 +223,10 @@ class ScoringEngine:
             return float(self.ensemble_manifest["threshold"])
         return DEFAULT_THRESHOLD
 
-    def uses_flip(self, key: str) -> bool:
-        """Whether `key`'s scores average the crop and its mirror image (see the class docstring)."""
-        if self.flip_tta != "voters":
-            return self.flip_tta == "all"
+    def uses_tta(self, key: str) -> bool:
+        """Whether `key`'s scores average the test-time views (see the class docstring)."""
+        if self.tta != "voters":
+            return self.tta == "all"
         return key not in self.advisory_keys
 
     def require_models(self) -> None:
@@ -212,9 +241,10 @@ class ScoringEngine:
         for start in range(0, len(crops), MAX_BATCH):
             batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size,
                                   loaded.manifest["mean"], loaded.manifest["std"], interpolation)
-            if self.uses_flip(key):  # one call for both views: (N) crops then their (N) mirror images
-                both = self.runners[key].logits(torch.cat([batch, batch.flip(3)]))
-                out.append((both[:len(batch)] + both[len(batch):]) / 2)
+            if self.uses_tta(key):  # one call for every view: (V * N) logits, view by view
+                views = tta_views(batch)
+                every = self.runners[key].logits(torch.cat(views).contiguous(memory_format=torch.channels_last))
+                out.append(every.reshape(len(views), len(batch)).mean(axis=0))
             else:
                 out.append(self.runners[key].logits(batch))
         raw = np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -20,6 +20,12 @@ Steps (each a repository command, so each figure can be reproduced on its own):
    and the candidate member's val AUC minus the installed one's, with its paired 90 % interval
    (`metrics.paired_auc_of_evaluations`, on the same faces), when the key is installed.
 
+Without `--checkpoint` it judges the code's inference instead (e.g. new test-time views) on the
+installed weights: no member is converted; step 5's refit recalibrates every member whose recorded
+views differ from the code's; step 4 measures the whole candidate set; and the paired interval is the
+ensemble's val AUC, candidate minus installed (the installed figures come from `--cache-from`, scored
+with the views that were installed).
+
 The install decision stays with the rule written before the run ended; this script only measures.
 """
 from __future__ import annotations
@@ -63,6 +69,15 @@ def figures_from_logits(members: dict[str, dict[str, np.ndarray]], ensemble: dic
     return out
 
 
+def ensemble_evaluation(models_dir: Path, members: dict) -> dict:
+    """The set's ensemble on val as an evaluation for the paired comparison (`val_logits` holds its
+    P(fake): the AUC needs only their order)."""
+    body = json.loads((models_dir / f"{ENSEMBLE_KEY}.json").read_text())
+    keys = list(members)
+    return {"val_labels": members[keys[0]]["val_labels"],
+            "val_logits": combine(body, {k: members[k]["val_logits"] for k in keys}, keys)}
+
+
 def figures_of(models_dir: Path, cache_dir: Path, data_dir: str, cross_data: str) -> tuple[dict, dict]:
     """The set's figures, and the members' logits they came from (the paired comparison reuses them)."""
     keys = [k for k in MODEL_KEYS if (models_dir / f"{k}.json").exists()]
@@ -94,7 +109,7 @@ def _run(cmd: list[str], log) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Measure a checkpoint against the installed models (nothing installed).")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None, help="without one: judge the code's inference on the installed weights")
     p.add_argument("--work", required=True, help="a new folder for the copies, logs and results")
     p.add_argument("--installed", default=str(ROOT / "converted_models"))
     # Relative to the repository (every step runs there), as the manifests record the commands.
@@ -123,27 +138,28 @@ def main(argv=None) -> int:
         shutil.copytree(a.cache_from, cache, dirs_exist_ok=True)
     from training_engine import load_checkpoint
 
-    key = json.loads(load_checkpoint(Path(a.checkpoint))["config"])["model"]
+    key = json.loads(load_checkpoint(Path(a.checkpoint))["config"])["model"] if a.checkpoint else None
     py = sys.executable
     data = ["--data-dir", a.data_dir, "--cross-data", a.cross_data]
     with open(work / "judge.log", "a") as log:
         print("installed figures", flush=True)
         # Read now, logits included: the conversion below overwrites this key's cached logits.
         before, installed_members = figures_of(installed, cache, a.data_dir, a.cross_data)
-        _run([py, "convert_models.py", "--checkpoint", a.checkpoint, *data, "--out", str(candidate),
-              "--runs-dir", str(cache)], log)
-        # The conversion caches the candidate's logits beside its checkpoint; the ensemble refit reads
-        # them from the cache folder (it would score the candidate again otherwise).
-        (cache / key).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(a.checkpoint).parent / "eval_logits.npz", cache / key / "eval_logits.npz")
+        if key:
+            _run([py, "convert_models.py", "--checkpoint", a.checkpoint, *data, "--out", str(candidate),
+                  "--runs-dir", str(cache)], log)
+            # The conversion caches the candidate's logits beside its checkpoint; the ensemble refit reads
+            # them from the cache folder (it would score the candidate again otherwise).
+            (cache / key).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(a.checkpoint).parent / "eval_logits.npz", cache / key / "eval_logits.npz")
+        _run([py, "convert_models.py", *data, "--ensemble", "--out", str(candidate), "--runs-dir", str(cache)], log)
         nudge = {}
         for name, folder in (("candidate", candidate),) + ((("installed", installed),) if a.installed_nudge else ()):
             out = work / f"nudge_{name}.json"
             _run([py, "scripts/experiments/nudge_sensitivity.py", "--data-dir", a.data_dir, "--split", "val",
-                  "--n", str(a.nudge_n), "--threads", str(a.threads), "--models-dir", str(folder), "--models", key,
-                  "--json", str(out)], log)
-            nudge[name] = json.loads(out.read_text())["dp"][key]
-        _run([py, "convert_models.py", *data, "--ensemble", "--out", str(candidate), "--runs-dir", str(cache)], log)
+                  "--n", str(a.nudge_n), "--threads", str(a.threads), "--models-dir", str(folder),
+                  *(["--models", key] if key else []), "--json", str(out)], log)
+            nudge[name] = json.loads(out.read_text())["dp"][key or ENSEMBLE_KEY]
         with open(work / "val_stability.json", "w") as out:
             print(f"$ evaluate.py --split val --stability --max-samples {a.stability_samples} "
                   f"--reframing {a.reframing}", flush=True)
@@ -152,22 +168,27 @@ def main(argv=None) -> int:
                             "--models-dir", str(candidate), "--json"],
                            cwd=ROOT, check=True, stdout=out, stderr=log)
         after, candidate_members = figures_of(candidate, cache, a.data_dir, a.cross_data)
-        # The member rule (since session 32) reads the upper end of this paired interval.
-        paired = (paired_auc_of_evaluations(installed_members[key], candidate_members[key])
-                  if key in installed_members else None)
+        # The member rule (since session 32) reads the upper end of this paired interval; without a
+        # checkpoint, the ensemble's.
+        if key is None:
+            paired = paired_auc_of_evaluations(*(ensemble_evaluation(folder, members) for folder, members in (
+                (installed, installed_members), (candidate, candidate_members))))
+        else:
+            paired = (paired_auc_of_evaluations(installed_members[key], candidate_members[key])
+                      if key in installed_members else None)
     stab = json.loads((work / "val_stability.json").read_text())
-    manifest = read_manifest(candidate / f"{key}.json")
-    result = {"checkpoint": a.checkpoint, "key": key, "temperature": manifest["temperature"],
+    result = {"checkpoint": a.checkpoint, "key": key or ENSEMBLE_KEY,
+              "temperature": read_manifest(candidate / f"{key}.json")["temperature"] if key else None,
               "nudge": nudge, "paired_val_auc": paired,
               "ensemble_method": json.loads((candidate / f"{ENSEMBLE_KEY}.json").read_text())["chosen"],
               "val_recut": stab["stability"][ENSEMBLE_KEY], "val_reframing": stab["reframing"][ENSEMBLE_KEY],
               "before": before, "after": after}
     (work / "judge.json").write_text(json.dumps(result, indent=1, default=float))
     print(side_by_side(before, after))
-    print(f"{key}: T {manifest['temperature']}; nudge " + "; ".join(
+    print(f"{result['key']}: T {result['temperature']}; nudge " + "; ".join(
         f"{n} {d['mean']} / {d['p95']} {d['p95_ci90']} / {d['max']}" for n, d in nudge.items()))
     if paired is not None:
-        print(f"{key}: val AUC candidate - installed {paired['difference']:+.5f}, paired 90 % interval "
+        print(f"{result['key']}: val AUC candidate - installed {paired['difference']:+.5f}, paired 90 % interval "
               f"[{paired['ci90'][0]:+.5f}, {paired['ci90'][1]:+.5f}], not lower in "
               f"{paired['share_not_lower']:.0%} of {paired['draws']} draws")
     print(f"ensemble ({result['ensemble_method']}): val re-cut p95 {result['val_recut']['p95']} "

@@ -13,8 +13,8 @@ sys.path.insert(0, str(ROOT))
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec  # noqa: E402
 
 
-# evaluate.py records the engine's flip policy (scoring.FLIP_POLICIES).
-FLIP_WORDS = {"all": "on every model", "none": "off", "voters": "on the ensemble's voting members"}
+# evaluate.py records the engine's test-time-view policy (scoring.TTA_POLICIES).
+TTA_WORDS = {"all": "on every model", "none": "off", "voters": "on the ensemble's voting members"}
 
 
 def started_from(training: dict) -> str | None:
@@ -146,8 +146,8 @@ def main(models_dir=ROOT / "converted_models") -> str:
     stability = ROOT / "docs" / "stability.json"
     if stability.exists():
         s = json.loads(stability.read_text())
-        rows += ["", f"Score stability ({s.get('command', 'evaluate.py --stability')}; test-time flip "
-                 f"{FLIP_WORDS.get(s.get('test_time_flip'), s.get('test_time_flip'))}): |dP(fake)| between a test crop and the same crop "
+        rows += ["", f"Score stability ({s.get('command', 'evaluate.py --stability')}; test-time views "
+                 f"{TTA_WORDS.get(s.get('test_time_views'), s.get('test_time_views'))}): |dP(fake)| between a test crop and the same crop "
                  "re-cut (centre +-5 %, side +-5 %), resized with the other filter, or re-saved as JPEG 75 off its 8x8 grid"
                  + (f"; re-framing: spread of P(fake) over {s['reframing']['faces']} crops placed on a canvas four ways "
                     "and analysed through face finding" if "reframing" in s else "") + ":", "",

@@ -121,24 +121,33 @@ def test_logistic_weights_are_never_negative_and_fit_better_than_chance():
     assert weights["good"] > weights["noise"]
 
 
-def test_members_whose_vote_changed_are_found_for_recalibration(tmp_path):
-    """The flip follows the vote, and the temperature the flip: a member calibrated with the other
-    flip than the installed ensemble gives it must be recalibrated (convert_models.main does it)."""
-    from convert_models import FLIP, flip_out_of_date
+def test_members_whose_vote_or_views_changed_are_found_for_recalibration(tmp_path):
+    """The test-time views follow the vote, and the temperature the views: a member calibrated on other
+    views than the installed ensemble (and the code) gives it must be recalibrated (convert_models.main
+    does it)."""
+    from convert_models import views_out_of_date
+    from scoring import TEST_TIME_VIEWS
     from fileio import atomic_write_json
     from model_store import read_manifest, write_random_models
 
     models = write_random_models(tmp_path, keys=["efficientnet", "xception"], size=64, ensemble=False)
-    for key, tta in (("efficientnet", FLIP), ("xception", "none")):
+    for key, tta in (("efficientnet", TEST_TIME_VIEWS), ("xception", "none")):
         manifest = read_manifest(models / f"{key}.json")
         atomic_write_json(models / f"{key}.json", {**manifest, "test_time_augmentation": tta})
-    assert flip_out_of_date(models) == ["xception"]        # no ensemble.json: every member votes
+    assert views_out_of_date(models) == ["xception"]        # no ensemble.json: every member votes
     atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
                                                  "weights": {"efficientnet": 1.0, "xception": 0.0}})
-    assert flip_out_of_date(models) == []
+    assert views_out_of_date(models) == []
     atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
                                                  "weights": {"efficientnet": 0.0, "xception": 1.0}})
-    assert flip_out_of_date(models) == ["xception", "efficientnet"]     # registry order
+    assert views_out_of_date(models) == ["xception", "efficientnet"]     # registry order
+    for key, tta in (("xception", TEST_TIME_VIEWS), ("efficientnet", "none")):
+        atomic_write_json(models / f"{key}.json", {**read_manifest(models / f"{key}.json"), "test_time_augmentation": tta})
+    assert views_out_of_date(models) == []
+    # A voter calibrated on an earlier release's views (the plain flip) is out of date too.
+    atomic_write_json(models / "xception.json", {**read_manifest(models / "xception.json"),
+                                                 "test_time_augmentation": "horizontal flip (mean of the two logits)"})
+    assert views_out_of_date(models) == ["xception"]
 
 
 def test_remeasure_recomputes_metrics_from_the_cached_logits_and_keeps_the_temperature(tmp_path):

@@ -44,3 +44,16 @@ def test_side_by_side_marks_changes_only():
     assert table[2] == "| `a` | 0.9000 -> 0.9500 | 0.2000 | 0.1000 |"
     assert table[3] == "| `new` | n/a -> 0.7000 | n/a | n/a -> 0.3000 |"
 
+
+
+def test_ensemble_evaluation_is_the_sets_ensemble_on_val(tmp_path):
+    """Without a checkpoint the judge pairs the two sets' ensembles on the same val faces."""
+    import json
+
+    judge = _judge()
+    members = {"a": _member([-2, 1, 2, 3], [0, 0, 0, 0]), "b": _member([1, -2, 3, -1], [0, 0, 0, 0])}
+    (tmp_path / "ensemble.json").write_text(json.dumps({"weights": {"a": 0.75, "b": 0.25}, "bias": 0.5}))
+    out = judge.ensemble_evaluation(tmp_path, members)
+    assert out["val_labels"].tolist() == [0, 0, 1, 1]
+    z = np.array([0.75 * a + 0.25 * b + 0.5 for a, b in zip([-2, 1, 2, 3], [1, -2, 3, -1])])
+    assert out["val_logits"] == pytest.approx(1 / (1 + np.exp(-z)))   # P(fake): the pairing needs only its order

@@ -1,10 +1,11 @@
-"""Stability measurement (stability.py, evaluate.py --stability) and the test-time flip."""
+"""Stability measurement (stability.py, evaluate.py --stability) and the test-time views."""
 import numpy as np
 import pytest
+import torch
 
 import stability
 from registry import ENSEMBLE_KEY
-from scoring import ScoringEngine
+from scoring import ScoringEngine, prepare_batch, tta_views
 
 
 def test_recut_without_change_is_the_crop_and_views_keep_the_shape(astronaut):
@@ -38,20 +39,38 @@ def test_canvas_versions_put_the_crop_on_grey_at_three_scales():
     assert versions[0][0, 0].tolist() == [128, 128, 128] and versions[0][75, 75].tolist() == [200, 200, 200]
 
 
-def test_flip_tta_scores_a_face_and_its_mirror_alike(random_models_dir, astronaut):
+def test_test_time_views_score_a_face_and_its_mirror_alike(random_models_dir, astronaut):
     crop = np.ascontiguousarray(astronaut[20:244, 150:374])
     mirror = np.ascontiguousarray(crop[:, ::-1])
     keys = ["efficientnet", "cnn_transformer"]   # a CNN and a transformer; two keep the test quick
-    with_flip = ScoringEngine(random_models_dir, keys=keys, runtime="torch", flip_tta=True)
-    result = with_flip.score_crops([crop, mirror])
+    with_views = ScoringEngine(random_models_dir, keys=keys, runtime="torch", tta=True)
+    result = with_views.score_crops([crop, mirror])
     for k, p in result.model_probabilities.items():
         assert p[0] == pytest.approx(p[1], abs=1e-5), k
-    without = ScoringEngine(random_models_dir, keys=keys, runtime="torch", flip_tta=False)
+    without = ScoringEngine(random_models_dir, keys=keys, runtime="torch", tta=False)
     plain = without.score_crops([crop, mirror])
     assert any(abs(p[0] - p[1]) > 1e-4 for p in plain.model_probabilities.values())
-    # The flip average is the mean of the two plain logits.
+    # The engine's logit is the mean of the model's plain logits over the four views, before the temperature.
     for k in result.model_logits:
-        assert result.model_logits[k][0] == pytest.approx(plain.model_logits[k].mean(), abs=1e-5)
+        loaded = with_views.models[k]
+        x = prepare_batch([crop], loaded.input_size, loaded.manifest["mean"], loaded.manifest["std"])
+        with torch.no_grad():
+            each = [float(loaded.model(v.contiguous()).reshape(-1)[0]) for v in tta_views(x)]
+        assert result.model_logits[k][0] * loaded.temperature == pytest.approx(np.mean(each), abs=1e-4)
+
+
+def test_test_time_views_are_the_crop_and_its_mirror_each_also_a_pixel_away():
+    """The views cover both phases of a stride-2 grid in x and y, and a mirrored batch gets the same
+    views (so a face and its mirror score the same)."""
+    batch = torch.arange(2 * 3 * 6 * 8, dtype=torch.float32).reshape(2, 3, 6, 8)
+    plain, mirrored, moved, moved_mirror = tta_views(batch)
+    assert torch.equal(plain, batch) and torch.equal(mirrored, batch.flip(3))
+    assert torch.equal(moved[:, :, 1:, 1:], batch[:, :, :-1, :-1])            # one pixel right and down
+    assert torch.equal(moved[:, :, 0, 1:], batch[:, :, 0, :-1])                # the edge repeated into the gap
+    assert torch.equal(moved_mirror[:, :, 1:, 1:], batch.flip(3)[:, :, :-1, :-1])
+    views_of_mirror = tta_views(batch.flip(3))
+    as_set = lambda views: sorted(v.flatten().tolist() for v in views)  # noqa: E731
+    assert as_set(views_of_mirror) == as_set([plain, mirrored, moved, moved_mirror])
 
 
 def test_stability_reports_every_model_and_the_ensemble(engine, astronaut):
@@ -63,9 +82,9 @@ def test_stability_reports_every_model_and_the_ensemble(engine, astronaut):
         assert set(m["by_view"]) == {"shift", "larger", "smaller", "filter", "jpeg75"}
 
 
-def test_flip_is_spent_on_voting_members_only(tmp_path, astronaut):
-    """Default policy: the ensemble's voters average crop and mirror; advisory members (weight 0) are
-    scored once, since their scores cannot change a verdict."""
+def test_test_time_views_are_spent_on_voting_members_only(tmp_path, astronaut):
+    """Default policy: the ensemble's voters average the test-time views; advisory members (weight 0)
+    are scored once, since their scores cannot change a verdict."""
     from fileio import atomic_write_json
     from model_store import write_random_models
 
@@ -73,16 +92,16 @@ def test_flip_is_spent_on_voting_members_only(tmp_path, astronaut):
     atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
                                                  "weights": {"cross_attention": 1.0, "efficientnet": 0.0}})
     engine = ScoringEngine(models, runtime="torch")
-    assert engine.flip_tta == "voters" and engine.advisory_keys == ["efficientnet"]  # (random efficientnet: not symmetric)
-    assert engine.uses_flip("cross_attention") and not engine.uses_flip("efficientnet")
+    assert engine.tta == "voters" and engine.advisory_keys == ["efficientnet"]  # (random efficientnet: not symmetric)
+    assert engine.uses_tta("cross_attention") and not engine.uses_tta("efficientnet")
     crop = np.ascontiguousarray(astronaut[20:244, 150:374])
     p = engine.score_crops([crop, np.ascontiguousarray(crop[:, ::-1])]).model_probabilities
     assert p["cross_attention"][0] == pytest.approx(p["cross_attention"][1], abs=1e-5)
     assert abs(p["efficientnet"][0] - p["efficientnet"][1]) > 1e-4
-    assert ScoringEngine(models, runtime="torch", flip_tta="all").uses_flip("efficientnet")
-    assert not ScoringEngine(models, runtime="torch", flip_tta=False).uses_flip("cross_attention")
+    assert ScoringEngine(models, runtime="torch", tta="all").uses_tta("efficientnet")
+    assert not ScoringEngine(models, runtime="torch", tta=False).uses_tta("cross_attention")
     with pytest.raises(ValueError):
-        ScoringEngine(models, runtime="torch", flip_tta="sometimes")
+        ScoringEngine(models, runtime="torch", tta="sometimes")
 
 
 def test_p95_interval_brackets_the_figure_and_narrows_with_more_faces():

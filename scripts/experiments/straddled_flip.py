@@ -52,7 +52,7 @@ def view_pair_logits(engine, key: str, crops: list[np.ndarray], h: float) -> tup
 
 def straddled_model_logits(h: float):
     def model_logits(self, key: str, crops: list[np.ndarray]) -> np.ndarray:
-        if not self.uses_flip(key):
+        if not self.uses_tta(key):
             return original(self, key, crops)
         parts = [view_pair_logits(self, key, crops[i:i + scoring.MAX_BATCH], h)
                  for i in range(0, len(crops), scoring.MAX_BATCH)]

@@ -9,7 +9,7 @@ both with the installed ensemble: the per-face |dP| the bench reports, per crop 
 
     .venv/bin/python scripts/experiments/subpixel_crop.py --threads 2
 
-Result (session 35, docs/training.md): it does not pay. The ensemble's max |dP| moves 0.083 -> 0.081
+Result (session 35, docs/training.md; session 14 found the same with `settle_rounds.py`): it does not pay. The ensemble's max |dP| moves 0.083 -> 0.081
 and its mean rises 0.010 -> 0.018: where whole pixels give most pairs the same crop, exact cuts make
 every pair differ a little, and the models' response to a one-pixel move (up to 0.15 for a member) is
 the same either way. The cure is in the models, not in the cut.
@@ -26,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def read_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
@@ -41,42 +42,6 @@ def read_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
     return frames
 
 
-def area_weights(start: float, length: float, out: int, first: int, count: int) -> np.ndarray:
-    """(out, count) weights of input pixels first..first+count-1 for `out` output pixels spanning
-    [start, start + length): each output pixel averages the input over its footprint (area resampling,
-    as cv2.INTER_AREA, but with fractional footprint edges)."""
-    step = length / out
-    lo = start + step * np.arange(out)[:, None]
-    edges = first + np.arange(count)[None, :]
-    overlap = np.clip(np.minimum(lo + step, edges + 1) - np.maximum(lo, edges), 0.0, None)
-    return (overlap / step).astype(np.float32)
-
-
-def crop_face_subpixel(image: np.ndarray, box, out_size: int = 224) -> np.ndarray:
-    """faces.crop_face's square, cut at its exact (fractional) position and size: bicubic where it is
-    enlarged (as crop_face's INTER_CUBIC), area-weighted where it is shrunk (as its INTER_AREA)."""
-    from faces import crop_square
-    cx, cy, side = crop_square(box)
-    side = max(side, 1.0)
-    x0, y0 = cx - side / 2, cy - side / 2
-    k = side / out_size
-    if k <= 1.0:
-        m = np.array([[k, 0, x0 + 0.5 * k - 0.5], [0, k, y0 + 0.5 * k - 0.5]], np.float32)
-        return cv2.warpAffine(image, m, (out_size, out_size), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    h, w = image.shape[:2]
-    fx, fy = int(np.floor(x0)), int(np.floor(y0))
-    n = int(np.ceil(side)) + 2
-    sx0, sy0, sx1, sy1 = max(fx, 0), max(fy, 0), min(fx + n, w), min(fy + n, h)
-    window = np.zeros((n, n, 3), np.float32)
-    if sx1 > sx0 and sy1 > sy0:
-        window[sy0 - fy:sy1 - fy, sx0 - fx:sx1 - fx] = image[sy0:sy1, sx0:sx1]
-    wy = area_weights(y0, side, out_size, fy, n)
-    wx = area_weights(x0, side, out_size, fx, n)
-    out = np.einsum("ui,ijc,vj->uvc", wy, window, wx, optimize=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def summary(d: np.ndarray) -> dict:
     d = np.abs(d)
     return {"max": round(float(d.max()), 4), "p90": round(float(np.percentile(d, 90)), 4),
@@ -88,6 +53,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--slide", type=int, default=5,
+                   help="also slide the first N faces' boxes right by 0-2 px in 0.2 px steps and print the scores")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     import torch
@@ -111,7 +78,8 @@ def main() -> None:
             b = max(same, key=lambda b: benchmark._iou(a["box"], b["box"]))
             pairs.append((a["frame"], a["box"], b["box"], a["p"], b["p"]))
     frames = read_frames(video, {f for f, *_ in pairs})
-    cutters = {"whole pixels (faces.crop_face)": faces.crop_face, "sub-pixel": crop_face_subpixel}
+    from settle_rounds import crop_subpixel   # session 14's exact cut (bicubic warp; faces upsampled, as here)
+    cutters = {"whole pixels (faces.crop_face)": faces.crop_face, "sub-pixel": crop_subpixel}
     report = {"video": str(video.name), "pairs": len(pairs),
               "bench_as_run": summary(np.array([a - b for *_, a, b in pairs]))}
     keys = [k for k in engine.models]
@@ -123,6 +91,14 @@ def main() -> None:
         for k in keys:
             row[k] = summary(np.asarray(ra.model_probabilities[k]) - np.asarray(rb.model_probabilities[k]))
         report[name] = row
+    report["slide_px"] = [round(float(d), 1) for d in np.linspace(0, 2, 11)]
+    report["slide"] = []
+    for f, (x1, y1, x2, y2), _, _, _ in pairs[::max(1, len(pairs) // max(args.slide, 1))][:args.slide]:
+        for name, cut in cutters.items():
+            res = engine.score_crops([cut(frames[f], (x1 + d, y1, x2 + d, y2)) for d in report["slide_px"]], keys)
+            report["slide"].append({"frame": f, "cut": name,
+                                    "ensemble": np.round(res.ensemble_probability, 3).tolist(),
+                                    "efficientnet": np.round(res.model_probabilities["efficientnet"], 3).tolist()})
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
