@@ -223,3 +223,5 @@ echo "== all trained"
 #   (mean+floor, the same four voters); later in the session the same from epoch 18, then from epoch 21.
 # Session 34: cnn_transformer is converted from "$OUT/ct34/cnn_transformer/best.pt" (epoch 28), then --ensemble
 #   (mean+floor, the same four voters).
+# Session 35: no training; the test-time views became four (scoring.tta_views), so the last --ensemble
+#   recalibrates the four voters on them (convert_models.views_out_of_date), then refits (mean+floor again).
