@@ -112,6 +112,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pairs", default="runs/bench_pairs.json")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--nudge-only", action="store_true", help="only the nudge (e.g. on another --nudge-seed)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -128,7 +129,7 @@ def main() -> int:
     val = records[records["split"] == "val"]
     nudge_rows = val.sample(n=min(a.n, len(val)), random_state=a.nudge_seed)
     nudge_crops = [c for c in (_read_crop(x) for x in nudge_rows["path"]) if c is not None]
-    auc_rows = val.sample(n=min(a.auc_n, len(val)), random_state=1)
+    auc_rows = val.sample(n=0 if a.nudge_only else min(a.auc_n, len(val)), random_state=1)
     auc_crops, labels = [], []
     for path, label in zip(auc_rows["path"], auc_rows["label"]):
         c = _read_crop(path)
@@ -140,12 +141,14 @@ def main() -> int:
         engine = ScoringEngine(DEFAULT_MODELS_DIR)
         use_variant(engine, VARIANTS[name])
         keys = engine.loaded_keys
-        ra, rb = engine.score_crops(ours_crops, keys), engine.score_crops(naive_crops, keys)
-        bench = {"ensemble": summary(ra.ensemble_probability - rb.ensemble_probability)}
-        bench.update({k: summary(ra.model_probabilities[k] - rb.model_probabilities[k]) for k in keys})
-        scored = engine.score_crops(auc_crops, keys)
-        auc = {"ensemble": round(float(roc_auc_score(labels, scored.ensemble_probability)), 5)}
-        auc.update({k: round(float(roc_auc_score(labels, scored.model_logits[k])), 5) for k in keys})
+        bench, auc = {"ensemble": None}, {"ensemble": None}
+        if not a.nudge_only:
+            ra, rb = engine.score_crops(ours_crops, keys), engine.score_crops(naive_crops, keys)
+            bench = {"ensemble": summary(ra.ensemble_probability - rb.ensemble_probability)}
+            bench.update({k: summary(ra.model_probabilities[k] - rb.model_probabilities[k]) for k in keys})
+            scored = engine.score_crops(auc_crops, keys)
+            auc = {"ensemble": round(float(roc_auc_score(labels, scored.ensemble_probability)), 5)}
+            auc.update({k: round(float(roc_auc_score(labels, scored.model_logits[k])), 5) for k in keys})
         nudge = nudge_sensitivity(engine, nudge_crops, keys)
         result["variants"][name] = {"bench": bench, "auc": auc, "nudge": nudge}
         print(name, json.dumps({"bench_ensemble": bench["ensemble"], "auc_ensemble": auc["ensemble"],
