@@ -34,15 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_handler  # noqa: E402
 from evaluate import _read_crop  # noqa: E402
 from nudge_sensitivity import nudge_sensitivity  # noqa: E402
-from scoring import MAX_BATCH, DEFAULT_MODELS_DIR, ScoringEngine, prepare_batch  # noqa: E402
+from scoring import MAX_BATCH, DEFAULT_MODELS_DIR, ScoringEngine, prepare_batch, shifted  # noqa: E402
 
 
-def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """The batch's content moved `dx` pixels right and `dy` down (edge pixels repeated)."""
-    h, w = batch.shape[2:]
-    return torch.nn.functional.pad(batch, (dx, 0, dy, 0), mode="replicate")[:, :, :h, :w]
-
-
+# "shipped": the crop and its mirror, the views shipped until session 35 installed the last one below
+# (the installed temperatures are fitted on that one since, so rerun figures differ from session 35's).
 VARIANTS = {
     "flip (shipped)": lambda b: [b, b.flip(3)],
     "flip of a one-pixel shift": lambda b: [b, shifted(b, 0, 1).flip(3)],
