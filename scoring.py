@@ -163,6 +163,9 @@ class ScoringEngine:
         if isinstance(tta, bool):
             tta = "all" if tta else "none"
         self.tta = tta
+        # The views the members that use them average (an experiment may set another set; the installed
+        # temperatures are fitted on `tta_views`, which the manifests record as TEST_TIME_VIEWS).
+        self.views = tta_views
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -242,7 +245,7 @@ class ScoringEngine:
             batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size,
                                   loaded.manifest["mean"], loaded.manifest["std"], interpolation)
             if self.uses_tta(key):  # one call for every view: (V * N) logits, view by view
-                views = tta_views(batch)
+                views = self.views(batch)
                 every = self.runners[key].logits(torch.cat(views).contiguous(memory_format=torch.channels_last))
                 out.append(every.reshape(len(views), len(batch)).mean(axis=0))
             else:

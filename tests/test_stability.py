@@ -57,6 +57,11 @@ def test_test_time_views_score_a_face_and_its_mirror_alike(random_models_dir, as
         with torch.no_grad():
             each = [float(loaded.model(v.contiguous()).reshape(-1)[0]) for v in tta_views(x)]
         assert result.model_logits[k][0] * loaded.temperature == pytest.approx(np.mean(each), abs=1e-4)
+    # The view set is the engine's to swap (experiments do): one view gives the plain scores.
+    with_views.views = lambda batch: [batch]
+    one = with_views.score_crops([crop, mirror])
+    for k in one.model_logits:
+        assert one.model_logits[k] == pytest.approx(plain.model_logits[k], abs=1e-6)
 
 
 def test_test_time_views_are_the_crop_and_its_mirror_each_also_a_pixel_away():

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_handler  # noqa: E402
 from evaluate import _read_crop  # noqa: E402
 from nudge_sensitivity import nudge_sensitivity  # noqa: E402
-from scoring import MAX_BATCH, DEFAULT_MODELS_DIR, ScoringEngine, prepare_batch, shifted  # noqa: E402
+from scoring import DEFAULT_MODELS_DIR, ScoringEngine, shifted  # noqa: E402
 
 
 # "shipped": the crop and its mirror, the views shipped until session 35 installed the last one below
@@ -50,22 +50,6 @@ VARIANTS = {
     # down (a mirrored face gets the same four views).
     "flip, both moved one pixel diagonally": lambda b: [b, b.flip(3), shifted(b, 1, 1), shifted(b.flip(3), 1, 1)],
 }
-
-
-def use_variant(engine: ScoringEngine, views) -> None:
-    """Make the engine's voters average `views(batch)` instead of the crop and its mirror."""
-    def model_logits(key, crops, interpolation=None):
-        loaded = engine.models[key]
-        out = []
-        for start in range(0, len(crops), MAX_BATCH):
-            batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size, loaded.manifest["mean"],
-                                  loaded.manifest["std"], interpolation)
-            parts = views(batch) if engine.uses_tta(key) else [batch]
-            both = engine.runners[key].logits(torch.cat(parts).contiguous(memory_format=torch.channels_last))
-            out.append(both.reshape(len(parts), len(batch)).mean(0))
-        raw = np.concatenate(out) if out else np.zeros(0, np.float32)
-        return raw.astype(np.float64) / loaded.temperature
-    engine.model_logits = model_logits
 
 
 def bench_pairs(path: Path, frames: int = 100, seconds: float = 20.0) -> list:
@@ -135,7 +119,7 @@ def main() -> int:
     result = {"nudge_seed": a.nudge_seed, "n_nudge": len(nudge_crops), "n_auc": len(auc_crops), "bench_pairs": len(ours_crops), "variants": {}}
     for name in a.variants:
         engine = ScoringEngine(DEFAULT_MODELS_DIR)
-        use_variant(engine, VARIANTS[name])
+        engine.views = VARIANTS[name]
         keys = engine.loaded_keys
         bench, auc = {"ensemble": None}, {"ensemble": None}
         if not a.nudge_only:
