@@ -65,6 +65,10 @@ SCORE_HELP = ("The probability, from 0 % to 100 %, that the face was manipulated
 THRESHOLD_HELP = ("A face counts as FAKE when its combined (ensemble) probability is at or above this "
                   "value. Lower it to catch more fakes at the cost of more false alarms; raise it to "
                   "accuse only the clearest cases. The default is the value calibrated on validation data.")
+FAST_HELP = ("Off (the default): each detector scores every face four ways (the face, its mirror image, "
+             "and both moved by a pixel) and averages them, which keeps a score from jumping when the same "
+             "face is framed a little differently. On: each face is scored once, which is quicker but less "
+             "steady. The README's 'Fast mode' section has the measured difference.")
 ENSEMBLE_HELP = ("The combined judgement of the detectors that are switched on, weighted by how well "
                  "each one did on validation data. The verdict is the ensemble's.")
 
@@ -108,8 +112,8 @@ def get_engine(directory: str) -> ScoringEngine:
     return pipeline.load_engine(directory)
 
 
-def sidebar(engine: ScoringEngine) -> tuple[list[str], float]:
-    """Model status and switches, the threshold; returns (active model keys, threshold)."""
+def sidebar(engine: ScoringEngine) -> tuple[list[str], float, bool]:
+    """Model status and switches, the threshold, fast mode; returns (active model keys, threshold, fast)."""
     sb = st.sidebar
     sb.header("Detectors")
     sb.caption("Switch detectors off to see how the verdict changes without them. Switching never "
@@ -137,13 +141,18 @@ def sidebar(engine: ScoringEngine) -> tuple[list[str], float]:
     sb.header("Decision threshold")
     threshold = sb.slider("Call a face FAKE at or above", 0.0, 1.0, float(engine.default_threshold), 0.01,
                           key="threshold", help=THRESHOLD_HELP, format="%.2f")
+    sb.header("Speed")
+    fast = sb.toggle("Fast mode", value=False, key="fast", help=FAST_HELP)
+    if fast:
+        sb.caption(":material/speed: each face is scored once: quicker, but the scores move more with how "
+                   "the face is framed. Changing this analyses the upload again.")
     with sb.expander("What do the numbers mean?"):
         st.markdown(f"**Fake probability.** {SCORE_HELP}\n\n**Ensemble.** {ENSEMBLE_HELP}\n\n"
                     f"**Threshold.** {THRESHOLD_HELP}\n\n"
                     "**Test AUC.** How well a detector separated real from fake faces it had never seen: "
                     "1.0 is perfect, 0.5 is guessing.\n\n"
                     "No detector is infallible: treat a verdict as a strong hint, not as proof.")
-    return active, threshold
+    return active, threshold, fast
 
 
 # ---- input -----------------------------------------------------------------------------------------
@@ -405,7 +414,7 @@ def explanations(engine: ScoringEngine, directory: str, candidates: list[tuple[s
 
 
 # ---- photo mode ------------------------------------------------------------------------------------
-def photo_mode(engine: ScoringEngine, directory: str, active: list[str], threshold: float) -> None:
+def photo_mode(engine: ScoringEngine, directory: str, active: list[str], threshold: float, fast: bool) -> None:
     upload = get_upload("Photo", "Upload a photo with one or more faces. Every face is found, cut out and "
                         "judged by each detector; the photo's verdict is its most suspicious face's.")
     if upload is None:
@@ -414,9 +423,9 @@ def photo_mode(engine: ScoringEngine, directory: str, active: list[str], thresho
 
     def run() -> pipeline.Analysis:
         with st.spinner("Finding faces and asking the detectors…"):
-            return pipeline.analyze_image(data, engine, name=name)
+            return pipeline.analyze_image(data, engine, name=name, fast=fast)
 
-    analysis = get_analysis(("image", digest, tuple(engine.loaded_keys), directory), name, run)
+    analysis = get_analysis(("image", digest, tuple(engine.loaded_keys), directory, fast), name, run)
     if analysis is None:
         return
     report = pipeline.build_report(analysis, engine, threshold, active)
@@ -440,6 +449,8 @@ def photo_summary(report: dict, analysis: pipeline.Analysis, name: str) -> None:
     m2.metric("Fake probability", pct(report["fake_probability"]), help=SCORE_HELP, border=True)
     m3.metric("Faces found", len(report["faces"]), border=True)
     m4.metric("Threshold", pct(report["threshold"]), help=THRESHOLD_HELP, border=True)
+    for note in report.get("notes", []):
+        st.caption(md_escape(note))
 
 
 def photo_faces(report: dict, analysis: pipeline.Analysis, threshold: float) -> None:
@@ -454,7 +465,7 @@ def photo_faces(report: dict, analysis: pipeline.Analysis, threshold: float) -> 
 
 
 # ---- video mode ------------------------------------------------------------------------------------
-def video_mode(engine: ScoringEngine, directory: str, active: list[str], threshold: float) -> None:
+def video_mode(engine: ScoringEngine, directory: str, active: list[str], threshold: float, fast: bool) -> None:
     frames = st.slider("Frames to analyse", FRAMES_MIN, FRAMES_MAX, FRAMES_DEFAULT, FRAMES_STEP, key="frames",
                        help="Frames are picked evenly over the whole video. More frames: a surer verdict, "
                             "but a longer wait.")
@@ -463,7 +474,7 @@ def video_mode(engine: ScoringEngine, directory: str, active: list[str], thresho
     if upload is None:
         return
     name, data, digest = upload
-    analysis = video_analysis(engine, directory, name, data, digest, frames)
+    analysis = video_analysis(engine, directory, name, data, digest, frames, fast)
     if analysis is None:
         return
     report = pipeline.build_report(analysis, engine, threshold, active)
@@ -479,10 +490,10 @@ def video_mode(engine: ScoringEngine, directory: str, active: list[str], thresho
 
 
 def video_analysis(engine: ScoringEngine, directory: str, name: str, data: bytes, digest: str,
-                   frames: int) -> pipeline.Analysis | None:
+                   frames: int, fast: bool = False) -> pipeline.Analysis | None:
     """The analysis with `frames` frames; while only one with another number of frames is kept, that
     one is shown until the user asks for the new analysis (a long video takes a while)."""
-    models_key = tuple(engine.loaded_keys)
+    models_key = (tuple(engine.loaded_keys), fast)
     key = ("video", digest, frames, models_key, directory)
     analysis = cached_analysis(key)
     if analysis is not None:
@@ -494,13 +505,13 @@ def video_analysis(engine: ScoringEngine, directory: str, name: str, data: bytes
         st.info(f"Showing the analysis with {previous[2]} frames. Press the button to analyse "
                 f"{frames} frames instead.")
         return earlier
-    analysis = get_analysis(key, name, lambda: run_video_analysis(name, data, engine, frames))
+    analysis = get_analysis(key, name, lambda: run_video_analysis(name, data, engine, frames, fast))
     if analysis is not None:
         st.session_state["_last_video"] = {(digest, models_key, directory): key}
     return analysis
 
 
-def run_video_analysis(name: str, data: bytes, engine: ScoringEngine, frames: int):
+def run_video_analysis(name: str, data: bytes, engine: ScoringEngine, frames: int, fast: bool = False):
     """Write the upload to a temporary file, analyse it with a progress bar, always delete the file."""
     bar = st.progress(0.0, text="Reading the video…")
 
@@ -522,7 +533,7 @@ def run_video_analysis(name: str, data: bytes, engine: ScoringEngine, frames: in
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        analysis = pipeline.analyze_video(tmp, engine, num_frames=frames, progress=progress, name=name)
+        analysis = pipeline.analyze_video(tmp, engine, num_frames=frames, progress=progress, name=name, fast=fast)
     except MediaError as exc:
         # video_processor names the file it opened: show the upload's name, not the temporary path.
         raise MediaError(str(exc).replace(tmp, name)) from None
@@ -656,7 +667,7 @@ def main() -> None:
         log.exception("loading the detectors failed")
         st.error(f"The detectors could not be loaded ({type(exc).__name__}).")
         st.stop()
-    active, threshold = sidebar(engine)
+    active, threshold, fast = sidebar(engine)
     if not engine.models:
         st.warning(f"### No detectors installed\n{no_models_message(engine.models_dir)}")
         st.stop()
@@ -666,9 +677,9 @@ def main() -> None:
     mode = st.radio("What do you want to check?", MODES, horizontal=True, key="mode",
                     format_func=lambda m: ":material/image: Photo" if m == "Photo" else ":material/movie: Video")
     if mode == "Photo":
-        photo_mode(engine, directory, active, threshold)
+        photo_mode(engine, directory, active, threshold, fast)
     else:
-        video_mode(engine, directory, active, threshold)
+        video_mode(engine, directory, active, threshold, fast)
 
 
 main()

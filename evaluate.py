@@ -86,8 +86,11 @@ def score_media_files(engine: ScoringEngine, paths: list[str], frames: int, mode
 
 
 def evaluate(data_dir: str, split: str = "test", models_dir=DEFAULT_MODELS_DIR, models=None, threshold=None,
-             frames: int = 32, find_faces: bool = False, max_samples: int | None = None, seed: int = 0) -> dict:
-    engine = ScoringEngine(models_dir)
+             frames: int = 32, find_faces: bool = False, max_samples: int | None = None, seed: int = 0,
+             fast: bool = False) -> dict:
+    """Metrics of every chosen model and the ensemble on one split (`fast`: one view per face, as the
+    fast mode of predict.py scores; the temperatures stay the installed ones)."""
+    engine = ScoringEngine(models_dir, tta="none" if fast else "voters")
     engine.require_models()
     threshold = engine.default_threshold if threshold is None else threshold
     records = data_handler.load_records(data_dir, seed=seed) if not _is_media_folder(data_dir) else \
@@ -98,7 +101,8 @@ def evaluate(data_dir: str, split: str = "test", models_dir=DEFAULT_MODELS_DIR, 
     paths, labels = rows["path"].tolist(), rows["label"].to_numpy()
     t0 = time.time()
     has_video = any(Path(p).suffix.lower() in VIDEO_EXTENSIONS for p in paths)
-    result = {"data_dir": str(data_dir), "split": split, "threshold": threshold, "models": {}}
+    result = {"data_dir": str(data_dir), "split": split, "threshold": threshold, "test_time_views": engine.tta,
+              "models": {}}
     if has_video or find_faces:
         table, keys = score_media_files(engine, paths, frames, models)
         label_of = dict(zip(paths, labels))
@@ -168,19 +172,19 @@ def public(result: dict) -> dict:
 
 
 def stability_report(data_dir: str, split: str, models_dir, models, samples: int, crops: bool,
-                     reframing_n: int, seed: int = 0) -> dict:
+                     reframing_n: int, seed: int = 0, fast: bool = False) -> dict:
     """`stability.stability` over `samples` crops and/or `stability.reframing` over `reframing_n`
     crops of one split, drawn with a fixed seed (the same crops every run)."""
     import stability
 
-    engine = ScoringEngine(models_dir)
+    engine = ScoringEngine(models_dir, tta="none" if fast else "voters")
     engine.require_models()
     records = data_handler.load_records(data_dir, seed=seed)
     rows = records[records["split"] == split]
     rows = rows.sample(n=min(len(rows), max(samples if crops else 0, reframing_n)), random_state=seed)
     images = [c for c in (_read_crop(p) for p in rows["path"]) if c is not None]
     command = f"python evaluate.py --data-dir {data_dir} --split {split}" + \
-        (f" --stability --max-samples {samples}" if crops else "") + (f" --reframing {reframing_n}" if reframing_n else "")
+        (f" --stability --max-samples {samples}" if crops else "") + (f" --reframing {reframing_n}" if reframing_n else "") + (" --fast" if fast else "")
     out = {"data_dir": str(data_dir), "split": split, "test_time_views": engine.tta, "command": command}
     t0 = time.time()
     if crops:
@@ -228,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--find-faces", action="store_true", help="run face finding on images (full photos)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--fast", action="store_true",
+                   help="score as predict.py --fast does: one view per face instead of four")
     p.add_argument("--stability", action="store_true",
                    help="instead of accuracy: how much P(fake) moves under small re-cuts, the other resize filter "
                         "and JPEG 75 (stability.py); default 500 crops, see --max-samples")
@@ -238,12 +244,12 @@ def main(argv=None) -> int:
     models = [m.strip() for m in a.models.split(",")] if a.models else None
     if a.stability or a.reframing:
         result = stability_report(a.data_dir, a.split, a.models_dir, models, a.max_samples or 500, a.stability,
-                                  a.reframing)
+                                  a.reframing, fast=a.fast)
         print(json.dumps(result, indent=2) if a.json else format_stability(result))
         return 0
     try:
         result = evaluate(a.data_dir, a.split, a.models_dir, models, a.threshold, a.frames, a.find_faces,
-                          a.max_samples)
+                          a.max_samples, fast=a.fast)
     except MediaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,12 +43,14 @@ class AnalysisOptions:
     threshold: float | None = None       # None: the ensemble's calibrated threshold
     advisory_faces: int | None = ADVISORY_FACES_PER_TRACK   # per person in a video; 0 or None: every face
     follow_faces: bool = True            # video: follow faces between close frames (False: search each in full)
+    fast: bool = False                   # voters score each face once, not four ways (pipeline.FAST_MODE_NOTE)
 
 
 def analyze_to_report(path: str, engine: ScoringEngine, options: AnalysisOptions, name: str | None = None) -> dict:
     """Analyse one file and return its report; `name` replaces the path in the report and messages."""
     analysis = analyze_path(path, engine, num_frames=options.frames, models=options.models, name=name,
-                            advisory_faces_per_track=options.advisory_faces, follow_faces=options.follow_faces)
+                            advisory_faces_per_track=options.advisory_faces, follow_faces=options.follow_faces,
+                            fast=options.fast)
     return build_report(analysis, engine, options.threshold, options.models)
 
 

@@ -36,6 +36,10 @@ from video_processor import assign_tracks, iter_frames, probe_video, sample_fram
 
 VIDEO_DETECTION_MAX_SIDE = 640   # video frames are searched for faces at this size (see README, perf)
 MIN_TRACK_SHARE = 0.2
+# Fast mode (CLI --fast, the API's `fast` field, the app's switch): the voters score each face once
+# instead of averaging four views (scoring.tta_views). The figures are measured (README, "Fast mode").
+FAST_MODE_NOTE = ("fast mode: each face was scored once, not four ways; the scores move more with how "
+                  "the face is framed (README, 'Fast mode')")
 # The verdict of a face (or frame) none of the chosen models scored: only when the chosen models are
 # all advisory and the analysis scored them on a sample (the app switches models after the analysis).
 NOT_SCORED = "NOT_SCORED"
@@ -105,6 +109,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     full_face_searches: int | None = None    # video: frames searched in full (the rest followed faces)
+    fast: bool = False                       # the voters scored each face once, not four ways (FAST_MODE_NOTE)
 
     @property
     def frames_with_faces(self) -> int:
@@ -132,10 +137,10 @@ def advisory_sample(tracks: list[int], per_track: int) -> list[int]:
 
 
 def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, progress: ProgressFn,
-                   advisory_per_track: int | None = None) -> tuple[list[str], list[str]]:
-    """Score `records` with the chosen models; returns (keys, the advisory keys that scored only a
-    sample, `advisory_sample`): only when some chosen member votes, so every face's ensemble stays
-    complete."""
+                   advisory_per_track: int | None = None, fast: bool = False) -> tuple[list[str], list[str]]:
+    """Score `records` with the chosen models (`fast`: one view per face, ScoringEngine.model_logits);
+    returns (keys, the advisory keys that scored only a sample, `advisory_sample`): only when some
+    chosen member votes, so every face's ensemble stays complete."""
     keys = [k for k in engine.loaded_keys if not models or k in models]  # registry order
     advisory = set(engine.advisory_keys) & set(keys)
     subset = None
@@ -147,7 +152,7 @@ def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, pro
         progress(f"scoring faces with {key}", n, len(keys))
         chosen = [records[i] for i in subset] if subset is not None and key in advisory else records
         if chosen:
-            logits = engine.model_logits(key, [r.crop for r in chosen])
+            logits = engine.model_logits(key, [r.crop for r in chosen], fast=fast)
             for r, z in zip(chosen, logits):
                 r.logits[key] = float(z)
     progress("scoring faces", len(keys), len(keys))
@@ -155,8 +160,8 @@ def _score_records(records: list[FaceRecord], engine: ScoringEngine, models, pro
 
 
 def analyze_image(source, engine: ScoringEngine, name: str | None = None, models=None,
-                  progress: ProgressFn = _no_progress) -> Analysis:
-    """Find and score every face in one image (path or bytes)."""
+                  progress: ProgressFn = _no_progress, fast: bool = False) -> Analysis:
+    """Find and score every face in one image (path or bytes); `fast`: see FAST_MODE_NOTE."""
     engine.require_models()
     t0 = time.perf_counter()
     label = name or (source if isinstance(source, str) else "upload")
@@ -167,10 +172,10 @@ def analyze_image(source, engine: ScoringEngine, name: str | None = None, models
     t2 = time.perf_counter()
     records = [FaceRecord(face=f, crop=crop_face(image, f.box, CANONICAL_CROP_SIZE), track=i)
                for i, f in enumerate(faces)]
-    keys, _ = _score_records(records, engine, models, progress)   # one track per face: nothing sampled
+    keys, _ = _score_records(records, engine, models, progress, fast=fast)   # one track per face: nothing sampled
     t3 = time.perf_counter()
     return Analysis(input=str(label), kind="image", faces=records, frames_analyzed=1, frame_indices=[0],
-                    width=image.shape[1], height=image.shape[0], image=image, models=keys,
+                    width=image.shape[1], height=image.shape[0], image=image, models=keys, fast=fast,
                     timings={"decode_s": t1 - t0, "faces_s": t2 - t1, "models_s": t3 - t2})
 
 
@@ -178,9 +183,10 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
                   progress: ProgressFn = _no_progress, name: str | None = None,
                   detection_max_side: int = VIDEO_DETECTION_MAX_SIDE,
                   advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK,
-                  follow_faces: bool = True) -> Analysis:
+                  follow_faces: bool = True, fast: bool = False) -> Analysis:
     """Sample `num_frames` evenly, decode only those, find faces, track, score in batches
-    (advisory members: `advisory_faces_per_track` faces per person at most; 0 or None: every face).
+    (advisory members: `advisory_faces_per_track` faces per person at most; 0 or None: every face;
+    `fast`: see FAST_MODE_NOTE).
 
     `follow_faces`: where analysed frames are close (see `search_in_full`), a frame's faces are found
     from the previous frame's with MTCNN's last two stages instead of its full search
@@ -227,7 +233,7 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
     for r, tid in zip(records, flat):
         r.track = tid
     release_free_memory()   # before scoring too: MTCNN's freed temporaries would otherwise add to the peak
-    keys, sampled = _score_records(records, engine, models, progress, advisory_faces_per_track)
+    keys, sampled = _score_records(records, engine, models, progress, advisory_faces_per_track, fast)
     t2 = time.perf_counter()
     release_free_memory()   # what decoding and MTCNN freed: RSS does not creep up video after video
     notes = []
@@ -242,7 +248,7 @@ def analyze_video(path: str, engine: ScoringEngine, num_frames: int = 32, models
     return Analysis(input=str(name or path), kind="video", faces=records, frames_analyzed=decoded,
                     frame_indices=[i for i in indices if i not in set(failed)], frames_failed=failed,
                     width=info.width, height=info.height, fps=info.fps or None, frame_count=info.frame_count,
-                    models=keys, notes=notes,
+                    models=keys, notes=notes, fast=fast,
                     timings={"decode_and_faces_s": t1 - t0, "faces_s": t_detect, "models_s": t2 - t1},
                     full_face_searches=full_searches)
 
@@ -262,15 +268,16 @@ def search_in_full(previous: tuple[int, list[Face]] | None, index: int, fps: flo
 def analyze_path(path: str, engine: ScoringEngine, num_frames: int = 32, models=None,
                  progress: ProgressFn = _no_progress, name: str | None = None,
                  advisory_faces_per_track: int | None = ADVISORY_FACES_PER_TRACK,
-                 follow_faces: bool = True) -> Analysis:
+                 follow_faces: bool = True, fast: bool = False) -> Analysis:
     if not os.path.exists(path):
         raise MediaError(f"{name or path}: no such file")
     if os.path.isdir(path):
         raise MediaError(f"{name or path}: is a folder, not a file")
     if kind_of(name or path) == "video":
         return analyze_video(path, engine, num_frames, models, progress, name=name,
-                             advisory_faces_per_track=advisory_faces_per_track, follow_faces=follow_faces)
-    return analyze_image(path, engine, name=name, models=models, progress=progress)
+                             advisory_faces_per_track=advisory_faces_per_track, follow_faces=follow_faces,
+                             fast=fast)
+    return analyze_image(path, engine, name=name, models=models, progress=progress, fast=fast)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,7 +333,8 @@ def build_report(analysis: Analysis, engine: ScoringEngine, threshold: float | N
         "faces": faces_out,
         "width": analysis.width,
         "height": analysis.height,
-        "notes": list(analysis.notes),
+        "fast": analysis.fast,
+        "notes": list(analysis.notes) + ([FAST_MODE_NOTE] if analysis.fast else []),
     }
     if analysis.kind == "video":
         persons = person_summaries(analysis, faces_out, threshold, keys, counted)

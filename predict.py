@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in a video, search every analysed frame for faces in full (slower); by default faces "
                         "are followed from one close frame to the next, with a full search at least every "
                         f"{FULL_SEARCH_EVERY} frames")
+    p.add_argument("--fast", action="store_true",
+                   help="score each face once instead of four ways (the crop, its mirror, both a pixel "
+                        "away): quicker, but scores that move more with the framing "
+                        "(README, 'Fast mode'); reports say \"fast\": true")
     p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
     p.add_argument("--models-dir", default=None, help="folder of converted models (default: converted_models/)")
     batch = p.add_argument_group("batch scans")
@@ -272,7 +276,8 @@ def run_with_engine(args, appender, done) -> int:
         print(f"error: model(s) not installed: {', '.join(missing)}", file=sys.stderr)
         return EXIT_NO_MODELS
     options = AnalysisOptions(frames=args.frames, models=args.models, threshold=args.threshold,
-                              advisory_faces=args.advisory_faces, follow_faces=not args.search_every_frame)
+                              advisory_faces=args.advisory_faces, follow_faces=not args.search_every_frame,
+                              fast=args.fast)
     try:
         if is_batch_scan(args):
             return run_batch(args, engine, options, appender, done)

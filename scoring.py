@@ -30,7 +30,8 @@ from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
 log = logging.getLogger("scoring")
 
 DEFAULT_THRESHOLD = 0.5
-MAX_BATCH = 32
+MAX_BATCH = 32              # crops per model call without test-time views
+MAX_IMAGES_PER_CALL = 64    # images per model call with them (crops x views; see model_logits)
 TTA_POLICIES = ("voters", "all", "none")   # which members average test-time views (ScoringEngine)
 
 
@@ -44,6 +45,9 @@ def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 # the temperature is fitted on these logits, so a manifest fitted on other views is recalibrated
 # (convert_models.py --ensemble).
 TEST_TIME_VIEWS = "the crop and its mirror image, each also moved one pixel right and down (mean of four logits)"
+
+
+VIEWS_PER_CROP = 4   # len(tta_views(batch))
 
 
 def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
@@ -236,15 +240,22 @@ class ScoringEngine:
         if not self.models:
             raise NoModelsError(no_models_message(self.models_dir))
 
-    def model_logits(self, key: str, crops: list[np.ndarray], interpolation: int | None = None) -> np.ndarray:
-        """Temperature-calibrated logits of one model for all crops, in batches of MAX_BATCH; each crop
-        resized to the model's input as in training, or with the cv2 `interpolation` given."""
+    def model_logits(self, key: str, crops: list[np.ndarray], interpolation: int | None = None,
+                     fast: bool = False) -> np.ndarray:
+        """Temperature-calibrated logits of one model for all crops, in batches; each crop resized to
+        the model's input as in training, or with the cv2 `interpolation` given. `fast`: one view per
+        crop whatever the policy (the fast mode of the CLI, the API and the app: a quarter of the
+        voters' work, scores that move more with the framing; README, "Fast mode")."""
         loaded = self.models[key]
+        with_views = self.uses_tta(key) and not fast
+        # With the views a call carries MAX_IMAGES_PER_CALL images (16 crops x 4 views), not 32 x 4:
+        # the activations of 128 images at once raised the peak RSS by 115 MB (docs/performance.md).
+        step = max(1, MAX_IMAGES_PER_CALL // VIEWS_PER_CROP) if with_views else MAX_BATCH
         out = []
-        for start in range(0, len(crops), MAX_BATCH):
-            batch = prepare_batch(crops[start:start + MAX_BATCH], loaded.input_size,
+        for start in range(0, len(crops), step):
+            batch = prepare_batch(crops[start:start + step], loaded.input_size,
                                   loaded.manifest["mean"], loaded.manifest["std"], interpolation)
-            if self.uses_tta(key):  # one call for every view: (V * N) logits, view by view
+            if with_views:  # one call for every view: (V * N) logits, view by view
                 views = self.views(batch)
                 every = self.runners[key].logits(torch.cat(views).contiguous(memory_format=torch.channels_last))
                 out.append(every.reshape(len(views), len(batch)).mean(axis=0))
@@ -253,14 +264,15 @@ class ScoringEngine:
         raw = np.concatenate(out) if out else np.zeros(0, np.float32)
         return raw.astype(np.float64) / loaded.temperature
 
-    def score_crops(self, crops: list[np.ndarray], models=None, interpolation: int | None = None) -> ScoreResult:
+    def score_crops(self, crops: list[np.ndarray], models=None, interpolation: int | None = None,
+                    fast: bool = False) -> ScoreResult:
         """Score face crops (uint8 RGB squares) with the chosen (default: all loaded) models
-        (`interpolation`: see `model_logits`)."""
+        (`interpolation`, `fast`: see `model_logits`)."""
         self.require_models()
         keys = [k for k in (models or self.loaded_keys) if k in self.models]
         if not keys:
             raise NoModelsError("none of the chosen models is installed: " + ", ".join(models or []))
-        logits = {k: self.model_logits(k, crops, interpolation) for k in keys}
+        logits = {k: self.model_logits(k, crops, interpolation, fast) for k in keys}
         return ScoreResult(model_logits=logits, model_probabilities={k: sigmoid(v) for k, v in logits.items()},
                            ensemble_probability=self.combine(logits), models_used=keys)
 

@@ -77,7 +77,7 @@ MODELS_DIR_ENV = "DFSTUDIO_MODELS_DIR"          # the app's variable: one settin
 DEFAULT_WORKERS = 1            # torch already spreads one analysis over every core; raise on big machines
 DEFAULT_QUEUE_DEPTH = 4
 DEFAULT_UPLOAD_TIMEOUT_S = 300.0   # a client that trickles its upload cannot hold a slot for ever
-MULTIPART_OVERHEAD_BYTES = 64 * 1024   # boundaries, part headers and the three option fields
+MULTIPART_OVERHEAD_BYTES = 64 * 1024   # boundaries, part headers and the option fields
 TEMP_PREFIX = "dfstudio-api-"
 COPY_CHUNK_BYTES = 1 << 20
 DEFAULT_ANALYSIS_SECONDS = 5.0     # Retry-After's guess before any analysis has been timed
@@ -85,8 +85,18 @@ MAX_RETRY_AFTER_S = 600
 LOADING_RETRY_AFTER_S = 5
 
 FILE_FIELD = "file"
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def boolean_field(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+    return word in TRUE_WORDS
+
+
 OPTION_FIELDS = {"frames": predict.frames_arg, "models": predict.parse_models, "threshold": predict.threshold_arg,
-                 "advisory_faces": predict.advisory_faces_arg}
+                 "advisory_faces": predict.advisory_faces_arg, "fast": boolean_field}
 
 # HTTP status per error reason (outcomes.error_reason and the API's own reasons); other reasons: 422.
 STATUS_BY_REASON = {
@@ -544,6 +554,8 @@ REPORT_SCHEMA = {
         "faces": {"type": "array", "items": FACE_SCHEMA},
         "width": {"type": "integer"}, "height": {"type": "integer"},
         "notes": {"type": "array", "items": {"type": "string"}},
+        "fast": {"type": "boolean", "description": "fast mode: the voters scored each face once instead of "
+                                                   "averaging four views (quicker, less steady scores)"},
         "fps": NUMBER_OR_NULL, "frame_count": {"type": ["integer", "null"]},
         "frames_failed": {"type": "array", "items": {"type": "integer"}},
         "frames_searched_in_full": {"type": ["integer", "null"],
@@ -566,6 +578,12 @@ ANALYZE_FORM_SCHEMA = {
         "models": {"type": "string", "description": "comma-separated subset of the installed models"},
         "threshold": {"type": "number", "minimum": 0, "maximum": 1,
                       "description": "P(fake) at or above which a face is FAKE (default: the ensemble's)"},
+        "advisory_faces": {"type": "integer", "minimum": 0, "default": ADVISORY_FACES_PER_TRACK,
+                           "description": "in a video, advisory models score at most this many faces per "
+                                          "person (0: every face)"},
+        "fast": {"type": "boolean", "default": False,
+                 "description": "score each face once instead of four ways: quicker, but scores that move "
+                                "more with the framing"},
     },
 }
 

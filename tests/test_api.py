@@ -214,6 +214,13 @@ def test_image_gives_the_cli_json(client, cli_engine, two_random_models_dir, ast
     assert api["models_used"] == ["cnn_transformer"] and api["verdict"] == "FAKE"
     assert_reports_match(api, cli)
 
+    # Fast mode: the `fast` field is the CLI's --fast; the report says so and notes what it costs.
+    api = post_file(client, astronaut_jpg, fast="true").json()
+    cli = cli_json(astronaut_jpg, two_random_models_dir, capsys, "--fast")
+    assert api["fast"] is True and cli["fast"] is True and any("fast mode" in n for n in api["notes"])
+    assert_reports_match(api, cli)
+    assert post_file(client, astronaut_jpg, fast="no").json()["fast"] is False
+
 
 def test_video_gives_the_cli_json(client, cli_engine, two_random_models_dir, astronaut, tmp_path, capsys):
     video = make_video(tmp_path / "clip.mp4", astronaut[::2, ::2].copy(), n=12)
@@ -262,6 +269,7 @@ def test_bad_parameters_are_400_with_the_cli_wording(client, astronaut_jpg):
              ({"threshold": "nan"}, "threshold: must be a number between 0 and 1"),
              ({"models": "bogus"}, "models: unknown model(s) bogus"),
              ({"advisory_faces": "-1"}, "advisory_faces: must be a whole number 0 or more"),
+             ({"fast": "maybe"}, "fast: must be true or false"),
              ({"frame": "3"}, "unknown field(s) frame")]
     for fields, words in cases:
         body = assert_error(post_file(client, astronaut_jpg, **fields), 400, "bad_parameter")

@@ -126,8 +126,8 @@ def test_sidebar_and_start_page(app_env):
     assert_clean(at)
     toggles = {t.key: t for t in at.sidebar.toggle}
     assert set(toggles) == {f"use_{k}" for k in ("xception", "efficientnet", "swin", "cross_attention",
-                                                 "cnn_transformer")}
-    assert all(t.value for t in toggles.values())
+                                                 "cnn_transformer")} | {"fast"}
+    assert all(t.value for k, t in toggles.items() if k.startswith("use_")) and not toggles["fast"].value
     captions = texts(at.sidebar, "caption")
     assert captions.count("loaded") == 5 and "input 64 px" in captions and "test AUC 0.500" in captions
     threshold = at.slider(key="threshold")
@@ -193,6 +193,15 @@ def test_photo_mode_one_face_and_no_rerun_on_settings(app_env, counted, astronau
     assert_clean(at)
     assert "Heat map: Cross-Attention" in image_captions(at)
     assert counted["image"] == 1
+
+    # Fast mode analyses the photo again (each face scored once) and says so; back off, the first
+    # analysis is reused.
+    assert "fast mode" not in texts(at, "caption")
+    at.toggle(key="fast").set_value(True).run()
+    assert_clean(at)
+    assert counted["image"] == 2 and pipeline.FAST_MODE_NOTE.replace("'", "") in texts(at, "caption").replace("\\", "").replace("'", "")
+    at.toggle(key="fast").set_value(False).run()
+    assert counted["image"] == 2 and "fast mode" not in texts(at, "caption")
 
 
 def test_no_face_via_test_hook(app_env, counted, gradient_png):
@@ -297,6 +306,11 @@ def test_video_mode(app_env, counted, clip_mp4, tmp_path):
     # Back to 100 frames: that analysis is still cached.
     at.slider(key="frames").set_value(100).run()
     assert counted["video"] == 2
+    assert metric(at, "Frames with a face") == "20 of 20"
+    # Fast mode is another analysis (no button: the user asked for it); it says so among the notes.
+    at.toggle(key="fast").set_value(True).run()
+    assert_clean(at)
+    assert counted["video"] == 3 and "fast mode" in texts(at, "caption")
     assert metric(at, "Frames with a face") == "20 of 20"
 
 

@@ -23,6 +23,24 @@ def test_json_output_schema_for_an_image(random_models_dir, astronaut_jpg, capsy
     assert report["fake_probability"] == pytest.approx(max(f["fake_probability"] for f in report["faces"]))
 
 
+def test_fast_mode_scores_each_face_once_and_says_so(random_models_dir, astronaut_jpg, capsys):
+    """--fast: the voters score every face once (the engine's single view), and the report says so."""
+    import pipeline
+    from scoring import ScoringEngine
+
+    assert predict.main([str(astronaut_jpg), "--models-dir", str(random_models_dir), "--json"]) == 0
+    default = json.loads(capsys.readouterr().out.strip())
+    assert predict.main([str(astronaut_jpg), "--models-dir", str(random_models_dir), "--json", "--fast"]) == 0
+    fast = json.loads(capsys.readouterr().out.strip())
+    assert default["fast"] is False and pipeline.FAST_MODE_NOTE not in default["notes"]
+    assert fast["fast"] is True and pipeline.FAST_MODE_NOTE in fast["notes"]
+    assert [f["box"] for f in fast["faces"]] == [f["box"] for f in default["faces"]]
+    plain = ScoringEngine(random_models_dir, tta="none")
+    expected = pipeline.build_report(pipeline.analyze_image(str(astronaut_jpg), plain), plain)
+    assert fast["faces"][0]["models"] == expected["faces"][0]["models"]
+    assert fast["faces"][0]["models"] != default["faces"][0]["models"]
+
+
 def test_threshold_and_model_subset(random_models_dir, astronaut_jpg, capsys):
     predict.main([str(astronaut_jpg), "--models-dir", str(random_models_dir), "--json", "--models",
                   "swin,xception", "--threshold", "0"])

@@ -68,6 +68,13 @@ def test_evaluate_on_a_crop_dataset_reports_all_models(random_models_dir, tmp_pa
     result = evaluate.evaluate(str(data), "train", random_models_dir)
     for key, z in result["_logits"].items():
         assert result["models"][key]["auc"] == pytest.approx(roc_auc_score(result["_labels"], z))
+    assert out["test_time_views"] == "voters"
+    # --fast scores as predict.py --fast does: one view per face.
+    assert evaluate.main(["--data-dir", str(data), "--split", "train", "--models-dir", str(random_models_dir),
+                          "--json", "--fast", "--models", "efficientnet"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["test_time_views"] == "none"
+    assert fast["models"]["efficientnet"]["auc"] != out["models"]["efficientnet"]["auc"]
 
 
 def test_the_printed_table_shows_each_class_figures():

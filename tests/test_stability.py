@@ -160,3 +160,31 @@ def test_the_filter_view_resamples_straight_to_each_models_own_input(random_mode
         own = engine.score_crops([cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR) for c in crops], [k])
         assert np.allclose(moved.model_probabilities[k], own.model_probabilities[k], atol=1e-6), k
 
+
+
+def test_fast_mode_scores_each_crop_once_and_the_views_batch_the_same_whatever_the_count(random_models_dir, astronaut):
+    """`fast=True` scores as an engine without views does, whatever the policy; with the views, crops go
+    through the model a few at a time (scoring.MAX_IMAGES_PER_CALL), and a face's score does not depend
+    on how many faces share its call."""
+    from scoring import MAX_IMAGES_PER_CALL, VIEWS_PER_CROP
+
+    keys = ["efficientnet"]   # a random cnn_transformer answers nearly the same for any crop
+    per_call = MAX_IMAGES_PER_CALL // VIEWS_PER_CROP
+    crops = [np.ascontiguousarray(astronaut[10 + i:210 + i, 140 + 2 * i:340 + 2 * i]) for i in range(per_call + 3)]
+    with_views = ScoringEngine(random_models_dir, keys=keys, runtime="torch")
+    without = ScoringEngine(random_models_dir, keys=keys, runtime="torch", tta="none")
+    fast = with_views.score_crops(crops, fast=True).model_logits["efficientnet"]
+    assert fast == pytest.approx(without.score_crops(crops).model_logits["efficientnet"], abs=1e-6)
+    together = with_views.score_crops(crops).model_logits["efficientnet"]
+    assert np.abs(together - fast).max() > 1e-4                     # the views do change the scores
+    one_by_one = [with_views.score_crops([c]).model_logits["efficientnet"][0] for c in crops[-4:]]
+    assert together[-4:] == pytest.approx(one_by_one, abs=1e-4)      # the last ones shared a call with fewer
+    calls = []
+    runner = with_views.runners["efficientnet"]
+    original = runner.logits
+    runner.logits = lambda batch: calls.append(len(batch)) or original(batch)
+    try:
+        with_views.score_crops(crops)
+    finally:
+        runner.logits = original
+    assert calls == [MAX_IMAGES_PER_CALL, 3 * VIEWS_PER_CROP]
