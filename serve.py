@@ -541,7 +541,7 @@ REPORT_SCHEMA = {
     "description": "The object `predict.py --json` prints; videos add fps, frame_count, frames_failed, persons, "
                    "statistics.",
     "required": ["input", "kind", "verdict", "fake_probability", "threshold", "models", "models_used",
-                 "frames_analyzed", "frames_with_faces", "faces", "width", "height", "notes"],
+                 "frames_analyzed", "frames_with_faces", "faces", "width", "height", "notes", "fast"],
     "properties": {
         "input": {"type": "string", "description": "the upload's file name"},
         "kind": {"enum": ["image", "video"]},
