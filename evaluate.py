@@ -85,12 +85,18 @@ def score_media_files(engine: ScoringEngine, paths: list[str], frames: int, mode
     return pd.DataFrame(rows), keys
 
 
+def engine_for(models_dir, fast: bool = False) -> ScoringEngine:
+    """The installed models as predict.py scores with them; `fast`: as with --fast, one view per face
+    (tta "none" is the same for every member: advisory ones are scored once either way)."""
+    return ScoringEngine(models_dir, tta="none" if fast else "voters")
+
+
 def evaluate(data_dir: str, split: str = "test", models_dir=DEFAULT_MODELS_DIR, models=None, threshold=None,
              frames: int = 32, find_faces: bool = False, max_samples: int | None = None, seed: int = 0,
              fast: bool = False) -> dict:
     """Metrics of every chosen model and the ensemble on one split (`fast`: one view per face, as the
     fast mode of predict.py scores; the temperatures stay the installed ones)."""
-    engine = ScoringEngine(models_dir, tta="none" if fast else "voters")
+    engine = engine_for(models_dir, fast)
     engine.require_models()
     threshold = engine.default_threshold if threshold is None else threshold
     records = data_handler.load_records(data_dir, seed=seed) if not _is_media_folder(data_dir) else \
@@ -177,14 +183,15 @@ def stability_report(data_dir: str, split: str, models_dir, models, samples: int
     crops of one split, drawn with a fixed seed (the same crops every run)."""
     import stability
 
-    engine = ScoringEngine(models_dir, tta="none" if fast else "voters")
+    engine = engine_for(models_dir, fast)
     engine.require_models()
     records = data_handler.load_records(data_dir, seed=seed)
     rows = records[records["split"] == split]
     rows = rows.sample(n=min(len(rows), max(samples if crops else 0, reframing_n)), random_state=seed)
     images = [c for c in (_read_crop(p) for p in rows["path"]) if c is not None]
     command = f"python evaluate.py --data-dir {data_dir} --split {split}" + \
-        (f" --stability --max-samples {samples}" if crops else "") + (f" --reframing {reframing_n}" if reframing_n else "") + (" --fast" if fast else "")
+        (f" --stability --max-samples {samples}" if crops else "") + \
+        (f" --reframing {reframing_n}" if reframing_n else "") + (" --fast" if fast else "")
     out = {"data_dir": str(data_dir), "split": split, "test_time_views": engine.tta, "command": command}
     t0 = time.time()
     if crops:

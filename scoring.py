@@ -47,9 +47,6 @@ def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 TEST_TIME_VIEWS = "the crop and its mirror image, each also moved one pixel right and down (mean of four logits)"
 
 
-VIEWS_PER_CROP = 4   # len(tta_views(batch))
-
-
 def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
     """The views of a normalised NCHW batch whose logits are averaged: the crop, its mirror image, and
     both moved one pixel right and down.
@@ -63,6 +60,9 @@ def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
     mirroring: a mirrored face gets the same four views, so its score is exactly the same."""
     mirrored = batch.flip(3)
     return [batch, mirrored, shifted(batch, 1, 1), shifted(mirrored, 1, 1)]
+
+
+VIEWS_PER_CROP = len(tta_views(torch.zeros(1, 1, 2, 2)))
 
 
 class NoModelsError(RuntimeError):
@@ -154,8 +154,8 @@ class ScoringEngine:
     its mirror image, both a pixel away) and averages the raw logits before the temperature. A face
     and its mirror are the same evidence, yet a model alone moved by 0.11 in P(fake) between them, and
     the ensemble by up to 0.08 for a box a pixel away (issue 11). The views run batched (16 crops x 4
-    views per call), at four times the cost of one pass, so `tta="voters"` (the default) spends them only where they can
-    change a verdict: on the ensemble's voting members. Advisory members (weight 0, below the quality
+    views per call), at four times the cost of one pass, so `tta="voters"` (the default) spends them
+    only where they can change a verdict: on the ensemble's voting members. Advisory members (weight 0, below the quality
     floor) are scored once; the flip moved their P(fake) by under 0.01 on average (docs/stability.json)
     while Xception and Swin are 88 % of one pass of the five models (docs/performance.md). "all" / True
     and "none" / False force them; a call's `fast=True` skips them for that call (fast mode)."""

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_handler  # noqa: E402
 from evaluate import _read_crop  # noqa: E402
 from nudge_sensitivity import nudge_sensitivity  # noqa: E402
-from scoring import DEFAULT_MODELS_DIR, ScoringEngine, shifted  # noqa: E402
+from scoring import DEFAULT_MODELS_DIR, ScoringEngine, shifted, tta_views  # noqa: E402
 
 
 # "shipped": the crop and its mirror, the views shipped until session 35 installed the last one below
@@ -47,8 +47,8 @@ VARIANTS = {
     # score stays exactly mirror-invariant); the mirror itself puts x on the other phase (even width).
     "flip, one-pixel vertical shift, its flip": lambda b: [b, b.flip(3), shifted(b, 0, 1), shifted(b, 0, 1).flip(3)],
     # The diagonal shift made mirror-invariant: the crop and its mirror, each moved one pixel right and
-    # down (a mirrored face gets the same four views).
-    "flip, both moved one pixel diagonally": lambda b: [b, b.flip(3), shifted(b, 1, 1), shifted(b.flip(3), 1, 1)],
+    # down (a mirrored face gets the same four views): the set installed in session 35.
+    "flip, both moved one pixel diagonally": tta_views,
 }
 
 
