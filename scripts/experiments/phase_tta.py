@@ -52,6 +52,40 @@ VARIANTS = {
 }
 
 
+def diagonal_views(batch: torch.Tensor, shifts=(0, 1, 2, 3)) -> list[torch.Tensor]:
+    """The crop and its mirror, each moved 0..3 pixels right and down: the installed four views plus
+    the same two pixels further on, the other phase of the stride-4 layers' grid (session 37). A
+    mirrored face gets the same set, so the score stays mirror-invariant."""
+    mirrored = batch.flip(3)
+    return [shifted(x, d, d) for d in shifts for x in (batch, mirrored)]
+
+
+# Per-member view sets (session 37): the cheap members (cross_attention, cnn_transformer: 0.21 GFLOP a
+# view, against xception's ~1.5) can afford more views where a member-wide doubling could not.
+CHEAP = ("cross_attention", "cnn_transformer")
+PER_MEMBER = {
+    "eight views for cross_attention": {"cross_attention": diagonal_views},
+    "eight views for cross_attention and cnn_transformer": {k: diagonal_views for k in CHEAP},
+    "eight views for every voter": {"*": diagonal_views},
+}
+VARIANTS.update({name: None for name in PER_MEMBER})
+
+
+def set_views(engine: ScoringEngine, name: str) -> None:
+    """Give `engine` the variant's views: one set for every voter, or a set per member (the others keep
+    the installed `tta_views`)."""
+    if name not in PER_MEMBER:
+        set_views(engine, name)
+        return
+    by_key, original = PER_MEMBER[name], engine.model_logits
+
+    def model_logits(key, *args, **kwargs):
+        engine.views = by_key.get(key, by_key.get("*", tta_views))
+        return original(key, *args, **kwargs)
+
+    engine.model_logits = model_logits
+
+
 def bench_pairs(path: Path, frames: int = 100, seconds: float = 20.0) -> list:
     """(frame, box ours, box naive) for each face of the bench video, from one run of both pipelines."""
     if path.exists():
