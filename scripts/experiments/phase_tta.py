@@ -75,7 +75,7 @@ def set_views(engine: ScoringEngine, name: str) -> None:
     """Give `engine` the variant's views: one set for every voter, or a set per member (the others keep
     the installed `tta_views`)."""
     if name not in PER_MEMBER:
-        set_views(engine, name)
+        engine.views = VARIANTS[name]
         return
     by_key, original = PER_MEMBER[name], engine.model_logits
 
@@ -153,7 +153,7 @@ def main() -> int:
     result = {"nudge_seed": a.nudge_seed, "n_nudge": len(nudge_crops), "n_auc": len(auc_crops), "bench_pairs": len(ours_crops), "variants": {}}
     for name in a.variants:
         engine = ScoringEngine(DEFAULT_MODELS_DIR)
-        engine.views = VARIANTS[name]
+        set_views(engine, name)
         keys = engine.loaded_keys
         bench, auc = {"ensemble": None}, {"ensemble": None}
         if not a.nudge_only:
