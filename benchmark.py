@@ -233,7 +233,7 @@ class Naive:
         from faces import (MAX_FACES_PER_IMAGE, MIN_FACE_PROBABILITY, Face, clip_box, crop_face,
                            settle_boxes_at_face_size)
         from pipeline import FaceRecord
-        from scoring import prepare_batch, tta_views
+        from scoring import prepare_batch
 
         t0 = time.perf_counter()
         mtcnn = self.new_mtcnn()                        # a new detector for every frame
@@ -261,7 +261,7 @@ class Naive:
             for key, loaded in self.models.items():         # one face at a time, eager fp32
                 x = prepare_batch([crop], loaded.input_size, loaded.manifest["mean"], loaded.manifest["std"])
                 with torch.no_grad():
-                    views = tta_views(x) if self.engine.uses_tta(key) else [x]   # as ours, one at a time
+                    views = self.engine.views_for(key)(x) if self.engine.uses_tta(key) else [x]   # as ours, one at a time
                     z = float(np.mean([float(loaded.model(v.contiguous()).reshape(-1)[0]) for v in views]))
                 logits[key] = z / loaded.temperature
             records.append(FaceRecord(face=face, crop=crop, logits=logits))

@@ -29,7 +29,7 @@ from metrics import binary_metrics
 from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, ensure_check_logits, load_ensemble_manifest,
                          model_from_checkpoint, read_manifest, save_converted_model, sha256_of)
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
-from scoring import TEST_TIME_VIEWS, ScoringEngine, is_advisory, sigmoid
+from scoring import ScoringEngine, is_advisory, sigmoid, view_words
 
 log = logging.getLogger("convert")
 
@@ -87,8 +87,8 @@ def _calibrated_logits(engine: ScoringEngine, key: str, paths: list[str]) -> tup
     return logits[key], kept
 
 
-def _tta_words(with_views: bool) -> str:
-    return TEST_TIME_VIEWS if with_views else "none"
+def _tta_words(key: str, with_views: bool) -> str:
+    return view_words(key) if with_views else "none"
 
 
 def _metric_cmd(data_dir: str, split: str) -> str:
@@ -192,7 +192,7 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     manifest = read_manifest(manifest_path)
     manifest["temperature"] = round(temperature, 5)
     manifest["threshold"] = 0.5
-    manifest["test_time_augmentation"] = _tta_words(engine.uses_tta(key))
+    manifest["test_time_augmentation"] = _tta_words(key, engine.uses_tta(key))
     cache = {name: (z / temperature, labels) for name, (z, labels) in raw.items()}
     manifest["metrics"] = metrics = _recorded_metrics(cache, sets)
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -310,7 +310,7 @@ def views_out_of_date(out_dir: Path) -> list[str]:
     for key in MODEL_KEYS:
         path = out_dir / f"{key}.json"
         if path.exists() and read_manifest(path).get("test_time_augmentation") != \
-                _tta_words(not is_advisory(ensemble, key)):
+                _tta_words(key, not is_advisory(ensemble, key)):
             stale.append(key)
     return stale
 

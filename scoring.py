@@ -15,8 +15,9 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -43,26 +44,51 @@ def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 # What a model that uses test-time views averages, recorded in each manifest (`test_time_augmentation`):
 # the temperature is fitted on these logits, so a manifest fitted on other views is recalibrated
-# (convert_models.py --ensemble).
+# (convert_models.py --ensemble). Keyed by the diagonal moves of the registry's `test_time_shifts`.
 TEST_TIME_VIEWS = "the crop and its mirror image, each also moved one pixel right and down (mean of four logits)"
+VIEW_WORDS = {
+    (0, 1): TEST_TIME_VIEWS,
+    (0, 1, 2, 3): "the crop and its mirror image, each also moved one, two and three pixels right and down "
+                  "(mean of eight logits)",
+}
+
+
+def diagonal_views(batch: torch.Tensor, shifts=(0, 1)) -> list[torch.Tensor]:
+    """The views of a normalised NCHW batch whose logits are averaged: the crop and its mirror image,
+    each moved by every one of `shifts` pixels right and down, view by view in that order.
+
+    Why these: the models' scores wobble as a face moves across the grid of their strided layers,
+    with a period of about two pixels of their input (docs/training.md, session 35), so the same face
+    found a pixel away moved the ensemble by up to 0.08 (issue 11). The mirror lands x on the other
+    phase of the stride-2 grid (the inputs have an even width), the one-pixel move both x and y, so
+    (0, 1) covers every phase of it; moves of two and three pixels add the other phase of the stride-4
+    layers (session 37), where views a whole period apart (3 % of the side, session 2) wobble together
+    and did not help. Moving the mirror image the same way keeps the set closed under mirroring: a
+    mirrored face gets the same views, so its score is exactly the same."""
+    mirrored = batch.flip(3)
+    return [shifted(x, d, d) if d else x for d in shifts for x in (batch, mirrored)]
 
 
 def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
-    """The views of a normalised NCHW batch whose logits are averaged: the crop, its mirror image, and
-    both moved one pixel right and down.
-
-    Why these four: the models' scores wobble as a face moves across the grid of their stride-2
-    layers, with a period of about two pixels of their input (docs/training.md, session 35), so the
-    same face found a pixel away moved the ensemble by up to 0.08 (issue 11). The mirror lands x on
-    the other phase of that grid (the inputs have an even width), the one-pixel move both x and y,
-    so the four views cover every phase; views a whole period apart (3 % of the side, session 2)
-    wobble together and did not help. Shifting the mirror image too keeps the set closed under
-    mirroring: a mirrored face gets the same four views, so its score is exactly the same."""
-    mirrored = batch.flip(3)
-    return [batch, mirrored, shifted(batch, 1, 1), shifted(mirrored, 1, 1)]
+    """The four views most members average: the crop, its mirror image, both a pixel right and down."""
+    return diagonal_views(batch, (0, 1))
 
 
-VIEWS_PER_CROP = len(tta_views(torch.zeros(1, 1, 2, 2)))
+def views_of(key: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """The test-time views of one model (the registry's `test_time_shifts`)."""
+    return partial(diagonal_views, shifts=get_spec(key).test_time_shifts)
+
+
+def view_words(key: str) -> str:
+    """What `key`'s manifest records as its test-time views when it uses them."""
+    return VIEW_WORDS[get_spec(key).test_time_shifts]
+
+
+def view_count(views: Callable[[torch.Tensor], list[torch.Tensor]]) -> int:
+    return len(views(torch.zeros(1, 1, 4, 4)))
+
+
+VIEWS_PER_CROP = view_count(tta_views)   # of the members with four views
 
 
 class NoModelsError(RuntimeError):
@@ -150,11 +176,12 @@ class TorchRunner:
 class ScoringEngine:
     """Loads the installed models and scores face crops with each of them and their ensemble.
 
-    Test-time views: a model that uses them scores every crop four ways (`tta_views`: the crop,
-    its mirror image, both a pixel away) and averages the raw logits before the temperature. A face
-    and its mirror are the same evidence, yet a model alone moved by 0.11 in P(fake) between them, and
-    the ensemble by up to 0.08 for a box a pixel away (issue 11). The views run batched (16 crops x 4
-    views per call), at four times the cost of one pass, so `tta="voters"` (the default) spends them
+    Test-time views: a model that uses them scores every crop several ways (`views_of`: its registry
+    entry's; four for every shipped model, `tta_views`: the crop, its mirror image, both a pixel away)
+    and averages the raw logits before the temperature. A face and its mirror are the same evidence,
+    yet a model alone moved by 0.11 in P(fake) between them, and the ensemble by up to 0.08 for a box
+    a pixel away (issue 11). The views run batched (64 images per call), at four times the cost of one
+    pass, so `tta="voters"` (the default) spends them
     only where they can change a verdict: on the ensemble's voting members. Advisory members (weight 0, below the quality
     floor) are scored once; the flip moved their P(fake) by under 0.01 on average (docs/stability.json)
     while Xception and Swin are 88 % of one pass of the five models (docs/performance.md). "all" / True
@@ -167,9 +194,9 @@ class ScoringEngine:
         if isinstance(tta, bool):
             tta = "all" if tta else "none"
         self.tta = tta
-        # The views the members that use them average (an experiment may set another set; the installed
-        # temperatures are fitted on `tta_views`, which the manifests record as TEST_TIME_VIEWS).
-        self.views = tta_views
+        # None: each member that uses views averages its own (`views_of`, on which its installed
+        # temperature is fitted); an experiment may set one view function for every member instead.
+        self.views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -230,6 +257,10 @@ class ScoringEngine:
             return float(self.ensemble_manifest["threshold"])
         return DEFAULT_THRESHOLD
 
+    def views_for(self, key: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+        """The views `key` averages when it uses them (`views_of`, unless an experiment set `views`)."""
+        return self.views if self.views is not None else views_of(key)
+
     def uses_tta(self, key: str) -> bool:
         """Whether `key`'s scores average the test-time views (see the class docstring)."""
         if self.tta != "voters":
@@ -248,15 +279,16 @@ class ScoringEngine:
         voters' work, scores that move more with the framing; README, "Fast mode")."""
         loaded = self.models[key]
         with_views = self.uses_tta(key) and not fast
-        # With the views a call carries MAX_IMAGES_PER_CALL images (16 crops x 4 views), not 32 x 4:
-        # the activations of 128 images at once raised the peak RSS by 115 MB (docs/performance.md).
-        step = max(1, MAX_IMAGES_PER_CALL // VIEWS_PER_CROP) if with_views else MAX_BATCH
+        views_fn = self.views_for(key)
+        # With the views a call carries MAX_IMAGES_PER_CALL images (16 crops x 4 views, 8 x 8), not
+        # 32 x 4: the activations of 128 images at once raised the peak RSS by 115 MB (docs/performance.md).
+        step = max(1, MAX_IMAGES_PER_CALL // view_count(views_fn)) if with_views else MAX_BATCH
         out = []
         for start in range(0, len(crops), step):
             batch = prepare_batch(crops[start:start + step], loaded.input_size,
                                   loaded.manifest["mean"], loaded.manifest["std"], interpolation)
             if with_views:  # one call for every view: (V * N) logits, view by view
-                views = self.views(batch)
+                views = views_fn(batch)
                 every = self.runners[key].logits(torch.cat(views).contiguous(memory_format=torch.channels_last))
                 out.append(every.reshape(len(views), len(batch)).mean(axis=0))
             else:

@@ -5,7 +5,7 @@ import torch
 
 import stability
 from registry import ENSEMBLE_KEY
-from scoring import ScoringEngine, prepare_batch, tta_views
+from scoring import ScoringEngine, prepare_batch, tta_views, views_of
 
 
 def test_recut_without_change_is_the_crop_and_views_keep_the_shape(astronaut):
@@ -50,12 +50,12 @@ def test_test_time_views_score_a_face_and_its_mirror_alike(random_models_dir, as
     without = ScoringEngine(random_models_dir, keys=keys, runtime="torch", tta=False)
     plain = without.score_crops([crop, mirror])
     assert any(abs(p[0] - p[1]) > 1e-4 for p in plain.model_probabilities.values())
-    # The engine's logit is the mean of the model's plain logits over the four views, before the temperature.
+    # The engine's logit is the mean of the model's plain logits over its views, before the temperature.
     for k in result.model_logits:
         loaded = with_views.models[k]
         x = prepare_batch([crop], loaded.input_size, loaded.manifest["mean"], loaded.manifest["std"])
         with torch.no_grad():
-            each = [float(loaded.model(v.contiguous()).reshape(-1)[0]) for v in tta_views(x)]
+            each = [float(loaded.model(v.contiguous()).reshape(-1)[0]) for v in views_of(k)(x)]
         assert result.model_logits[k][0] * loaded.temperature == pytest.approx(np.mean(each), abs=1e-4)
     # The view set is the engine's to swap (experiments do): one view gives the plain scores.
     with_views.views = lambda batch: [batch]
@@ -76,6 +76,29 @@ def test_test_time_views_are_the_crop_and_its_mirror_each_also_a_pixel_away():
     views_of_mirror = tta_views(batch.flip(3))
     as_set = lambda views: sorted(v.flatten().tolist() for v in views)  # noqa: E731
     assert as_set(views_of_mirror) == as_set([plain, mirrored, moved, moved_mirror])
+
+
+def test_views_moved_two_and_three_pixels_on_stay_closed_under_mirroring_and_follow_the_registry():
+    """The eight views measured in session 37 (the four, and the crop and its mirror moved two and
+    three pixels right and down: the stride-4 grid's other phase) keep a mirrored face's score the
+    same; each model's views are its registry entry's, and every entry's set has the words its
+    manifest records."""
+    from registry import MODEL_KEYS, get_spec
+    from scoring import VIEW_WORDS, diagonal_views, view_words
+
+    batch = torch.arange(2 * 3 * 8 * 10, dtype=torch.float32).reshape(2, 3, 8, 10)
+    as_set = lambda views: sorted(v.flatten().tolist() for v in views)  # noqa: E731
+    eight = diagonal_views(batch, (0, 1, 2, 3))
+    assert len(eight) == 8 and as_set(eight[:4]) == as_set(tta_views(batch))
+    assert torch.equal(eight[6][:, :, 3:, 3:], batch[:, :, :-3, :-3])
+    assert torch.equal(eight[7][:, :, 2:, 2:], eight[5][:, :, 1:-1, 1:-1])   # the mirror, one pixel further
+    assert as_set(diagonal_views(batch.flip(3), (0, 1, 2, 3))) == as_set(eight)
+    for key in MODEL_KEYS:
+        shifts = get_spec(key).test_time_shifts
+        assert as_set(views_of(key)(batch)) == as_set(diagonal_views(batch, shifts))
+        assert view_words(key) == VIEW_WORDS[shifts]
+    assert len(set(VIEW_WORDS.values())) == len(VIEW_WORDS)
+
 
 
 def test_stability_reports_every_model_and_the_ensemble(engine, astronaut):
@@ -188,3 +211,13 @@ def test_fast_mode_scores_each_crop_once_and_the_views_batch_the_same_whatever_t
     finally:
         runner.logits = original
     assert calls == [MAX_IMAGES_PER_CALL, 3 * VIEWS_PER_CROP]
+    # With eight views a call carries as many images: eight crops of eight views.
+    from scoring import diagonal_views
+    with_views.views = lambda batch: diagonal_views(batch, (0, 1, 2, 3))
+    calls = []
+    runner.logits = lambda batch: calls.append(len(batch)) or original(batch)
+    try:
+        with_views.score_crops(crops[:11])
+    finally:
+        runner.logits = original
+    assert calls == [MAX_IMAGES_PER_CALL, 3 * 8]

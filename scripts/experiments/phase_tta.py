@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_handler  # noqa: E402
 from evaluate import _read_crop  # noqa: E402
 from nudge_sensitivity import nudge_sensitivity  # noqa: E402
-from scoring import DEFAULT_MODELS_DIR, ScoringEngine, shifted, tta_views  # noqa: E402
+from scoring import DEFAULT_MODELS_DIR, ScoringEngine, diagonal_views, shifted, tta_views  # noqa: E402
 
 
 # "shipped": the crop and its mirror, the views shipped until session 35 installed the last one below
@@ -52,21 +53,18 @@ VARIANTS = {
 }
 
 
-def diagonal_views(batch: torch.Tensor, shifts=(0, 1, 2, 3)) -> list[torch.Tensor]:
-    """The crop and its mirror, each moved 0..3 pixels right and down: the installed four views plus
-    the same two pixels further on, the other phase of the stride-4 layers' grid (session 37). A
-    mirrored face gets the same set, so the score stays mirror-invariant."""
-    mirrored = batch.flip(3)
-    return [shifted(x, d, d) for d in shifts for x in (batch, mirrored)]
+# The eight views of session 37 (scoring.diagonal_views; the registry now gives them to the two
+# custom models): the crop and its mirror, each moved 0-3 pixels right and down.
+eight_views = partial(diagonal_views, shifts=(0, 1, 2, 3))
 
 
 # Per-member view sets (session 37): the cheap members (cross_attention, cnn_transformer: 0.21 GFLOP a
 # view, against xception's ~1.5) can afford more views where a member-wide doubling could not.
 CHEAP = ("cross_attention", "cnn_transformer")
 PER_MEMBER = {
-    "eight views for cross_attention": {"cross_attention": diagonal_views},
-    "eight views for cross_attention and cnn_transformer": {k: diagonal_views for k in CHEAP},
-    "eight views for every voter": {"*": diagonal_views},
+    "eight views for cross_attention": {"cross_attention": eight_views},
+    "eight views for cross_attention and cnn_transformer": {k: eight_views for k in CHEAP},
+    "eight views for every voter": {"*": eight_views},
 }
 VARIANTS.update({name: None for name in PER_MEMBER})
 
