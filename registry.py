@@ -62,9 +62,10 @@ class ModelSpec:
     variant_cam_layers: dict = field(default_factory=dict)
     # Test-time views when the model votes (scoring.diagonal_views): the crop and its mirror, each
     # moved by these pixels right and down. (0, 1) covers the stride-2 grid's phases. A cheap model
-    # can afford (0, 1, 2, 3), the stride-4 grid's too (docs/training.md, session 37: measured for the
-    # two custom models, 0.21 GFLOP a view, and awaiting its judgement); a change here needs the
-    # member recalibrated (`convert_models.py --ensemble` does it) before it ships.
+    # can afford (0, 1, 2, 3), the stride-4 grid's too (docs/training.md, session 37: for the two
+    # custom models, 0.21 GFLOP a view, each moved a fifth less, but the ensemble only 7 % less on
+    # held-out faces, so not shipped); a change here needs the member recalibrated
+    # (`convert_models.py --ensemble` does it) before it ships.
     test_time_shifts: tuple[int, ...] = (0, 1)
 
     def arch_args(self, **overrides) -> dict:

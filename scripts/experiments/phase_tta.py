@@ -53,8 +53,8 @@ VARIANTS = {
 }
 
 
-# The eight views of session 37 (scoring.diagonal_views; the registry now gives them to the two
-# custom models): the crop and its mirror, each moved 0-3 pixels right and down.
+# The eight views of session 37 (scoring.diagonal_views; a registry entry's `test_time_shifts` would
+# give them to a member): the crop and its mirror, each moved 0-3 pixels right and down.
 eight_views = partial(diagonal_views, shifts=(0, 1, 2, 3))
 
 
