@@ -194,9 +194,9 @@ class ScoringEngine:
         if isinstance(tta, bool):
             tta = "all" if tta else "none"
         self.tta = tta
-        # None: each member that uses views averages its own (`views_of`, on which its installed
-        # temperature is fitted); an experiment may set one view function for every member instead.
-        self.views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+        # Each member that uses views averages its own (`views_of`, on which its installed temperature
+        # is fitted) unless this maps its key to another view function (experiments do).
+        self.views: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {}
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -258,8 +258,8 @@ class ScoringEngine:
         return DEFAULT_THRESHOLD
 
     def views_for(self, key: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-        """The views `key` averages when it uses them (`views_of`, unless an experiment set `views`)."""
-        return self.views if self.views is not None else views_of(key)
+        """The views `key` averages when it uses them (`views_of`, unless `views` overrides them)."""
+        return self.views.get(key) or views_of(key)
 
     def uses_tta(self, key: str) -> bool:
         """Whether `key`'s scores average the test-time views (see the class docstring)."""

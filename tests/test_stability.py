@@ -57,8 +57,8 @@ def test_test_time_views_score_a_face_and_its_mirror_alike(random_models_dir, as
         with torch.no_grad():
             each = [float(loaded.model(v.contiguous()).reshape(-1)[0]) for v in views_of(k)(x)]
         assert result.model_logits[k][0] * loaded.temperature == pytest.approx(np.mean(each), abs=1e-4)
-    # The view set is the engine's to swap (experiments do): one view gives the plain scores.
-    with_views.views = lambda batch: [batch]
+    # The views are the engine's to swap per member (experiments do): one view gives the plain scores.
+    with_views.views = dict.fromkeys(keys, lambda batch: [batch])
     one = with_views.score_crops([crop, mirror])
     for k in one.model_logits:
         assert one.model_logits[k] == pytest.approx(plain.model_logits[k], abs=1e-6)
@@ -213,7 +213,7 @@ def test_fast_mode_scores_each_crop_once_and_the_views_batch_the_same_whatever_t
     assert calls == [MAX_IMAGES_PER_CALL, 3 * VIEWS_PER_CROP]
     # With eight views a call carries as many images: eight crops of eight views.
     from scoring import diagonal_views
-    with_views.views = lambda batch: diagonal_views(batch, (0, 1, 2, 3))
+    with_views.views = {"efficientnet": lambda batch: diagonal_views(batch, (0, 1, 2, 3))}
     calls = []
     runner.logits = lambda batch: calls.append(len(batch)) or original(batch)
     try:

@@ -59,29 +59,19 @@ eight_views = partial(diagonal_views, shifts=(0, 1, 2, 3))
 
 
 # Per-member view sets (session 37): the cheap members (cross_attention, cnn_transformer: 0.21 GFLOP a
-# view, against xception's ~1.5) can afford more views where a member-wide doubling could not.
+# view, against xception's ~1.5) can afford more views where a member-wide doubling could not; the
+# members not named keep their own (scoring.views_of).
 CHEAP = ("cross_attention", "cnn_transformer")
 PER_MEMBER = {
     "eight views for cross_attention": {"cross_attention": eight_views},
     "eight views for cross_attention and cnn_transformer": {k: eight_views for k in CHEAP},
-    "eight views for every voter": {"*": eight_views},
 }
-VARIANTS.update({name: None for name in PER_MEMBER})
+VARIANTS["eight views for every voter"] = eight_views
 
 
-def set_views(engine: ScoringEngine, name: str) -> None:
-    """Give `engine` the variant's views: one set for every voter, or a set per member (the others keep
-    the installed `tta_views`)."""
-    if name not in PER_MEMBER:
-        engine.views = VARIANTS[name]
-        return
-    by_key, original = PER_MEMBER[name], engine.model_logits
-
-    def model_logits(key, *args, **kwargs):
-        engine.views = by_key.get(key, by_key.get("*", tta_views))
-        return original(key, *args, **kwargs)
-
-    engine.model_logits = model_logits
+def views_of_variant(name: str, keys) -> dict:
+    """The engine's per-member view overrides (ScoringEngine.views) for one variant."""
+    return PER_MEMBER[name] if name in PER_MEMBER else dict.fromkeys(keys, VARIANTS[name])
 
 
 def bench_pairs(path: Path, frames: int = 100, seconds: float = 20.0) -> list:
@@ -123,7 +113,7 @@ def main() -> int:
                         "no variant was chosen on)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pairs", default="runs/bench_pairs.json")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=[*VARIANTS, *PER_MEMBER])
     p.add_argument("--nudge-only", action="store_true", help="only the nudge (e.g. on another --nudge-seed)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
@@ -151,8 +141,8 @@ def main() -> int:
     result = {"nudge_seed": a.nudge_seed, "n_nudge": len(nudge_crops), "n_auc": len(auc_crops), "bench_pairs": len(ours_crops), "variants": {}}
     for name in a.variants:
         engine = ScoringEngine(DEFAULT_MODELS_DIR)
-        set_views(engine, name)
         keys = engine.loaded_keys
+        engine.views = views_of_variant(name, keys)
         bench, auc = {"ensemble": None}, {"ensemble": None}
         if not a.nudge_only:
             ra, rb = engine.score_crops(ours_crops, keys), engine.score_crops(naive_crops, keys)
