@@ -43,7 +43,7 @@ class AnalysisOptions:
     threshold: float | None = None       # None: the ensemble's calibrated threshold
     advisory_faces: int | None = ADVISORY_FACES_PER_TRACK   # per person in a video; 0 or None: every face
     follow_faces: bool = True            # video: follow faces between close frames (False: search each in full)
-    fast: bool = False                   # voters score each face once, not four ways (pipeline.FAST_MODE_NOTE)
+    fast: bool = False                   # voters score each face once (pipeline.FAST_MODE_NOTE)
 
 
 def analyze_to_report(path: str, engine: ScoringEngine, options: AnalysisOptions, name: str | None = None) -> dict:

@@ -37,8 +37,8 @@ from video_processor import assign_tracks, iter_frames, probe_video, sample_fram
 VIDEO_DETECTION_MAX_SIDE = 640   # video frames are searched for faces at this size (see README, perf)
 MIN_TRACK_SHARE = 0.2
 # Fast mode (CLI --fast, the API's `fast` field, the app's switch): the voters score each face once
-# instead of averaging four views (scoring.tta_views). The figures are measured (README, "Fast mode").
-FAST_MODE_NOTE = ("fast mode: each face was scored once, not four ways; the scores move more with how "
+# instead of averaging four or eight views (scoring.views_of). The figures are measured (README, "Fast mode").
+FAST_MODE_NOTE = ("fast mode: each face was scored once, not four or eight ways; the scores move more with how "
                   "the face is framed (README, 'Fast mode')")
 # The verdict of a face (or frame) none of the chosen models scored: only when the chosen models are
 # all advisory and the analysis scored them on a sample (the app switches models after the analysis).
@@ -109,7 +109,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     full_face_searches: int | None = None    # video: frames searched in full (the rest followed faces)
-    fast: bool = False                       # the voters scored each face once, not four ways (FAST_MODE_NOTE)
+    fast: bool = False                       # the voters scored each face once (FAST_MODE_NOTE)
 
     @property
     def frames_with_faces(self) -> int:

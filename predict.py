@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "are followed from one close frame to the next, with a full search at least every "
                         f"{FULL_SEARCH_EVERY} frames")
     p.add_argument("--fast", action="store_true",
-                   help="score each face once instead of four ways (the crop, its mirror, both a pixel "
-                        "away): quicker, but scores that move more with the framing "
+                   help="score each face once instead of four or eight ways (the crop, its mirror, both "
+                        "a few pixels away): quicker, but scores that move more with the framing "
                         "(README, 'Fast mode'); reports say \"fast\": true")
     p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
     p.add_argument("--models-dir", default=None, help="folder of converted models (default: converted_models/)")

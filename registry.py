@@ -34,6 +34,10 @@ def inference_arch_args(arch_args: dict) -> dict:
     return {k: v for k, v in arch_args.items() if k not in TRAINING_ONLY_ARCH_ARGS}
 
 
+# The crop and its mirror moved 0-3 pixels: the phases of the stride-4 grid (eight views a crop).
+EIGHT_VIEW_SHIFTS = (0, 1, 2, 3)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     key: str
@@ -61,10 +65,10 @@ class ModelSpec:
     variant_feature_layers: dict = field(default_factory=dict)
     variant_cam_layers: dict = field(default_factory=dict)
     # Test-time views when the model votes (scoring.diagonal_views): the crop and its mirror, each
-    # moved by these pixels right and down. (0, 1) covers the stride-2 grid's phases. A cheap model
-    # can afford (0, 1, 2, 3), the stride-4 grid's too (docs/training.md, session 37: for the two
-    # custom models, 0.21 GFLOP a view, each moved a fifth less, but the ensemble only 7 % less on
-    # held-out faces, so not shipped); a change here needs the member recalibrated
+    # moved by these pixels right and down. (0, 1) covers the stride-2 grid's phases; EIGHT_VIEW_SHIFTS
+    # the stride-4 grid's too, which the cheaper voters can afford (docs/training.md, session 38:
+    # eight views for every voter but Xception moved the ensemble 18 % less on held-out faces for 40 %
+    # more of the voters' time). A change here needs the member recalibrated
     # (`convert_models.py --ensemble` does it) before it ships.
     test_time_shifts: tuple[int, ...] = (0, 1)
 
@@ -194,7 +198,7 @@ register(ModelSpec(
     key="efficientnet", title="EfficientNet", build_fn=_build_efficientnet, default_input_size=260,
     mean=HALF_MEAN, std=HALF_STD, feature_layers=("blocks.1", "blocks.3", "blocks.5"), cam_layer="bn2",
     trunk_prefix=("conv_stem.", "bn1.", "blocks.", "conv_head.", "bn2."),
-    default_arch_args={"variant": "lite2"},
+    default_arch_args={"variant": "lite2"}, test_time_shifts=EIGHT_VIEW_SHIFTS,
     variant_norms={v: (IMAGENET_MEAN, IMAGENET_STD) for v in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7")},
     description="EfficientNet-Lite2 from offline ImageNet weights (timm tf_efficientnet_lite2); "
                 "variant=b3 selects EfficientNet-B3 (timm efficientnet_b3, ImageNet weights need internet); "
@@ -224,6 +228,7 @@ def _custom_spec(key: str, title: str, build_fn, mnv2_layers: tuple[str, str], l
                      default_arch_args={"trunk": "mobilenet_v2"}, variant_arg="trunk",
                      variant_norms=_LITE_TRUNK_NORMS,
                      variant_feature_layers={t: lite_layers for t in _LITE_TRUNK_NORMS},
+                     test_time_shifts=EIGHT_VIEW_SHIFTS,
                      description=description + "; trunk='lite2' puts it on EfficientNet-Lite2; anti_alias=1 "
                                                              "blurs before the trunk's strided convs.")
 

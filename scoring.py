@@ -70,7 +70,7 @@ def diagonal_views(batch: torch.Tensor, shifts=(0, 1)) -> list[torch.Tensor]:
 
 
 def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
-    """The four views most members average: the crop, its mirror image, both a pixel right and down."""
+    """Four views: the crop, its mirror image, both a pixel right and down (Xception's since session 38)."""
     return diagonal_views(batch, (0, 1))
 
 
@@ -88,7 +88,7 @@ def view_count(views: Callable[[torch.Tensor], list[torch.Tensor]]) -> int:
     return len(views(torch.zeros(1, 1, 4, 4)))
 
 
-VIEWS_PER_CROP = view_count(tta_views)   # of the members with four views
+VIEWS_PER_CROP = view_count(tta_views)   # of a member with four views
 
 
 class NoModelsError(RuntimeError):
@@ -177,10 +177,11 @@ class ScoringEngine:
     """Loads the installed models and scores face crops with each of them and their ensemble.
 
     Test-time views: a model that uses them scores every crop several ways (`views_of`: its registry
-    entry's; four for every shipped model, `tta_views`: the crop, its mirror image, both a pixel away)
+    entry's: the crop and its mirror image, each also moved one pixel, `tta_views`, for Xception; one to
+    three pixels, eight views, for the cheaper voters, session 38)
     and averages the raw logits before the temperature. A face and its mirror are the same evidence,
     yet a model alone moved by 0.11 in P(fake) between them, and the ensemble by up to 0.08 for a box
-    a pixel away (issue 11). The views run batched (64 images per call), at four times the cost of one
+    a pixel away (issue 11). The views run batched (64 images per call), at four or eight times the cost of one
     pass, so `tta="voters"` (the default) spends them
     only where they can change a verdict: on the ensemble's voting members. Advisory members (weight 0, below the quality
     floor) are scored once; the flip moved their P(fake) by under 0.01 on average (docs/stability.json)

@@ -555,7 +555,7 @@ REPORT_SCHEMA = {
         "width": {"type": "integer"}, "height": {"type": "integer"},
         "notes": {"type": "array", "items": {"type": "string"}},
         "fast": {"type": "boolean", "description": "fast mode: the voters scored each face once instead of "
-                                                   "averaging four views (quicker, less steady scores)"},
+                                                   "averaging its test-time views (quicker, less steady scores)"},
         "fps": NUMBER_OR_NULL, "frame_count": {"type": ["integer", "null"]},
         "frames_failed": {"type": "array", "items": {"type": "integer"}},
         "frames_searched_in_full": {"type": ["integer", "null"],
@@ -582,7 +582,7 @@ ANALYZE_FORM_SCHEMA = {
                            "description": "in a video, advisory models score at most this many faces per "
                                           "person (0: every face)"},
         "fast": {"type": "boolean", "default": False,
-                 "description": "score each face once instead of four ways: quicker, but scores that move "
+                 "description": "score each face once instead of four or eight ways: quicker, but scores that move "
                                 "more with the framing"},
     },
 }

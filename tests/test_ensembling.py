@@ -126,12 +126,12 @@ def test_members_whose_vote_or_views_changed_are_found_for_recalibration(tmp_pat
     views than the installed ensemble (and the code) gives it must be recalibrated (convert_models.main
     does it)."""
     from convert_models import views_out_of_date
-    from scoring import TEST_TIME_VIEWS
+    from scoring import TEST_TIME_VIEWS, view_words
     from fileio import atomic_write_json
     from model_store import read_manifest, write_random_models
 
     models = write_random_models(tmp_path, keys=["efficientnet", "xception"], size=64, ensemble=False)
-    for key, tta in (("efficientnet", TEST_TIME_VIEWS), ("xception", "none")):
+    for key, tta in (("efficientnet", view_words("efficientnet")), ("xception", "none")):
         manifest = read_manifest(models / f"{key}.json")
         atomic_write_json(models / f"{key}.json", {**manifest, "test_time_augmentation": tta})
     assert views_out_of_date(models) == ["xception"]        # no ensemble.json: every member votes
@@ -141,13 +141,23 @@ def test_members_whose_vote_or_views_changed_are_found_for_recalibration(tmp_pat
     atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
                                                  "weights": {"efficientnet": 0.0, "xception": 1.0}})
     assert views_out_of_date(models) == ["xception", "efficientnet"]     # registry order
-    for key, tta in (("xception", TEST_TIME_VIEWS), ("efficientnet", "none")):
+    for key, tta in (("xception", view_words("xception")), ("efficientnet", "none")):
         atomic_write_json(models / f"{key}.json", {**read_manifest(models / f"{key}.json"), "test_time_augmentation": tta})
     assert views_out_of_date(models) == []
     # A voter calibrated on an earlier release's views (the plain flip) is out of date too.
     atomic_write_json(models / "xception.json", {**read_manifest(models / "xception.json"),
                                                  "test_time_augmentation": "horizontal flip (mean of the two logits)"})
     assert views_out_of_date(models) == ["xception"]
+    # A member whose registry entry gives it other views than it was calibrated on (session 38:
+    # efficientnet went from four views to eight) is out of date once it votes.
+    assert view_words("efficientnet") != TEST_TIME_VIEWS == view_words("xception")
+    atomic_write_json(models / "xception.json", {**read_manifest(models / "xception.json"),
+                                                 "test_time_augmentation": TEST_TIME_VIEWS})
+    atomic_write_json(models / "efficientnet.json", {**read_manifest(models / "efficientnet.json"),
+                                                     "test_time_augmentation": TEST_TIME_VIEWS})
+    atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
+                                                 "weights": {"efficientnet": 0.5, "xception": 0.5}})
+    assert views_out_of_date(models) == ["efficientnet"]
 
 
 def test_remeasure_recomputes_metrics_from_the_cached_logits_and_keeps_the_temperature(tmp_path):

@@ -189,10 +189,12 @@ def test_fast_mode_scores_each_crop_once_and_the_views_batch_the_same_whatever_t
     """`fast=True` scores as an engine without views does, whatever the policy; with the views, crops go
     through the model a few at a time (scoring.MAX_IMAGES_PER_CALL), and a face's score does not depend
     on how many faces share its call."""
-    from scoring import MAX_IMAGES_PER_CALL, VIEWS_PER_CROP
+    from scoring import MAX_IMAGES_PER_CALL, view_count
 
     keys = ["efficientnet"]   # a random cnn_transformer answers nearly the same for any crop
-    per_call = MAX_IMAGES_PER_CALL // VIEWS_PER_CROP
+    per_crop = view_count(views_of("efficientnet"))                  # eight since session 38
+    assert per_crop == 8
+    per_call = MAX_IMAGES_PER_CALL // per_crop
     crops = [np.ascontiguousarray(astronaut[10 + i:210 + i, 140 + 2 * i:340 + 2 * i]) for i in range(per_call + 3)]
     with_views = ScoringEngine(random_models_dir, keys=keys, runtime="torch")
     without = ScoringEngine(random_models_dir, keys=keys, runtime="torch", tta="none")
@@ -210,14 +212,14 @@ def test_fast_mode_scores_each_crop_once_and_the_views_batch_the_same_whatever_t
         with_views.score_crops(crops)
     finally:
         runner.logits = original
-    assert calls == [MAX_IMAGES_PER_CALL, 3 * VIEWS_PER_CROP]
-    # With eight views a call carries as many images: eight crops of eight views.
-    from scoring import diagonal_views
-    with_views.views = {"efficientnet": lambda batch: diagonal_views(batch, (0, 1, 2, 3))}
+    assert calls == [MAX_IMAGES_PER_CALL, 3 * per_crop]
+    # With four views (an override, as experiments set it) a call carries as many images: 16 crops of four.
+    with_views.views = {"efficientnet": tta_views}
+    four = crops + [crops[0]] * (MAX_IMAGES_PER_CALL // 4 + 3 - len(crops))
     calls = []
     runner.logits = lambda batch: calls.append(len(batch)) or original(batch)
     try:
-        with_views.score_crops(crops[:11])
+        with_views.score_crops(four)
     finally:
         runner.logits = original
-    assert calls == [MAX_IMAGES_PER_CALL, 3 * 8]
+    assert calls == [MAX_IMAGES_PER_CALL, 3 * 4]

@@ -57,7 +57,7 @@ def main() -> int:
             for key in voters:
                 engine.model_logits(key, faces)
             times[cap].append(time.perf_counter() - t)
-    print(json.dumps({"voters": voters, "faces": len(faces), "views": scoring.VIEWS_PER_CROP,
+    print(json.dumps({"voters": voters, "faces": len(faces), "views": {k: scoring.view_count(engine.views_for(k)) for k in voters},
                       "seconds": {cap: {"runs": [round(x, 2) for x in v], "median": round(float(np.median(v)), 2)}
                                   for cap, v in times.items()}}, indent=1))
     return 0
