@@ -225,3 +225,6 @@ echo "== all trained"
 #   (mean+floor, the same four voters).
 # Session 35: no training; the test-time views became four (scoring.tta_views), so the last --ensemble
 #   recalibrates the four voters on them (convert_models.views_out_of_date), then refits (mean+floor again).
+# Session 38: no training; efficientnet, cross_attention and cnn_transformer average eight test-time views
+#   (registry.EIGHT_VIEW_SHIFTS), so the last --ensemble recalibrates those three on them, then refits
+#   (mean+floor again, the same four voters).
