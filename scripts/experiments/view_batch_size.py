@@ -38,17 +38,22 @@ def crops(n: int = 100, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+def timing_setup(threads: int):
+    """The installed engine on `threads` threads, the 100 crops, and the members that vote (the ones
+    whose scores average test-time views): what the view timings share (view_cost.py too)."""
+    import torch
+    torch.set_num_threads(threads)
+    engine = load_engine(scoring.DEFAULT_MODELS_DIR)
+    return engine, crops(), [k for k in engine.loaded_keys if engine.uses_tta(k)]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--caps", type=int, nargs="+", default=[64, 128], help="images per model call")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    import torch
-    torch.set_num_threads(a.threads)
-    engine = load_engine(scoring.DEFAULT_MODELS_DIR)
-    faces = crops()
-    voters = [k for k in engine.loaded_keys if engine.uses_tta(k)]
+    engine, faces, voters = timing_setup(a.threads)
     times: dict[int, list[float]] = {cap: [] for cap in a.caps}
     for _ in range(a.runs):
         for cap in a.caps:

@@ -1,10 +1,12 @@
 """Measurement (session 38): what more test-time views cost each voter.
 
 Times `ScoringEngine.model_logits` for every voting member on the same 100 face crops as
-`view_batch_size.py` (the benchmark's astronaut, each cut a few pixels apart), once with the member's
-installed views and once with the eight of `phase_tta.eight_views` (the crop and its mirror, each moved
-0-3 pixels right and down), alternating the two, and prints the median of `--runs` runs of each member
-and view set, and the voters' total for every per-member set of `phase_tta.PER_MEMBER`. Run it on an
+`view_batch_size.py` (the benchmark's astronaut, each cut a few pixels apart), once with four views
+(`scoring.tta_views`: the crop and its mirror, each moved a pixel right and down) and once with the
+eight of `phase_tta.eight_views` (each moved 0-3 pixels), alternating the two, whatever the registry
+installs, and prints the median of `--runs` runs of each member and view set, and the voters' total
+for four views on every voter, for every per-member set of `phase_tta.PER_MEMBER` (eight views for
+the members it names, four for the others) and for eight on every voter. Run it on an
 idle machine (stop any training with `kill -STOP` first).
 
     .venv/bin/python scripts/experiments/view_cost.py --threads 2
@@ -23,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import scoring  # noqa: E402
 from phase_tta import PER_MEMBER, eight_views  # noqa: E402
-from pipeline import load_engine  # noqa: E402
-from view_batch_size import crops  # noqa: E402
+from scoring import tta_views  # noqa: E402
+from view_batch_size import timing_setup  # noqa: E402
 
 
 def main() -> int:
@@ -34,12 +35,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    import torch
-    torch.set_num_threads(a.threads)
-    engine = load_engine(scoring.DEFAULT_MODELS_DIR)
-    faces = crops()
-    voters = [k for k in engine.loaded_keys if engine.uses_tta(k)]
-    sets = {"installed": {}, "eight": dict.fromkeys(voters, eight_views)}
+    engine, faces, voters = timing_setup(a.threads)
+    sets = {"four": dict.fromkeys(voters, tta_views), "eight": dict.fromkeys(voters, eight_views)}
     times = {name: {k: [] for k in voters} for name in sets}
     for key in voters:                       # warm-up: the first call of a model pays for its set-up
         engine.model_logits(key, faces[:4])
@@ -52,17 +49,17 @@ def main() -> int:
                 times[name][key].append(time.perf_counter() - t)
     engine.views = {}
     median = {name: {k: float(np.median(v)) for k, v in per.items()} for name, per in times.items()}
-    installed_total = sum(median["installed"].values())
-    totals = {"installed": installed_total}
+    four_total = sum(median["four"].values())
+    totals = {"four views for every voter": four_total}
     for variant, members in PER_MEMBER.items():
-        totals[variant] = sum(median["eight" if k in members else "installed"][k] for k in voters)
+        totals[variant] = sum(median["eight" if k in members else "four"][k] for k in voters)
     totals["eight views for every voter"] = sum(median["eight"].values())
     print(json.dumps({
         "faces": len(faces), "threads": a.threads, "runs": a.runs,
         "member_seconds": {name: {k: {"runs": [round(x, 3) for x in times[name][k]], "median": round(m, 3)}
                                   for k, m in per.items()} for name, per in median.items()},
         "voters_seconds": {v: round(s, 3) for v, s in totals.items()},
-        "voters_rise": {v: round(s / installed_total - 1, 3) for v, s in totals.items()},
+        "voters_rise": {v: round(s / four_total - 1, 3) for v, s in totals.items()},
     }, indent=1))
     return 0
 
