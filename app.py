@@ -66,9 +66,9 @@ THRESHOLD_HELP = ("A face counts as FAKE when its combined (ensemble) probabilit
                   "value. Lower it to catch more fakes at the cost of more false alarms; raise it to "
                   "accuse only the clearest cases. The default is the value calibrated on validation data.")
 FAST_HELP = ("Off (the default): each detector scores every face four or eight ways (the face, its mirror "
-             "image, and both moved by a pixel, or by one to three) and averages them, which keeps a score from jumping when the same "
-             "face is framed a little differently. On: each face is scored once, which is quicker but less "
-             "steady. The README's 'Fast mode' section has the measured difference.")
+             "image, and both moved by a pixel, or by one to three) and averages them, which keeps a score "
+             "from jumping when the same face is framed a little differently. On: each face is scored once, "
+             "which is quicker but less steady. The README's 'Fast mode' section has the measured difference.")
 ENSEMBLE_HELP = ("The combined judgement of the detectors that are switched on, weighted by how well "
                  "each one did on validation data. The verdict is the ensemble's.")
 
