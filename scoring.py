@@ -26,7 +26,7 @@ from torch import nn
 
 from model_store import (DEFAULT_MODELS_DIR, LoadedModel, ModelFileError, discover_manifests,
                          load_converted_model, load_ensemble_manifest)
-from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
+from registry import EIGHT_VIEW_SHIFTS, ENSEMBLE_KEY, MODEL_KEYS, get_spec
 
 log = logging.getLogger("scoring")
 
@@ -48,7 +48,7 @@ def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 TEST_TIME_VIEWS = "the crop and its mirror image, each also moved one pixel right and down (mean of four logits)"
 VIEW_WORDS = {
     (0, 1): TEST_TIME_VIEWS,
-    (0, 1, 2, 3): "the crop and its mirror image, each also moved one, two and three pixels right and down "
+    EIGHT_VIEW_SHIFTS: "the crop and its mirror image, each also moved one, two and three pixels right and down "
                   "(mean of eight logits)",
 }
 

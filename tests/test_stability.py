@@ -195,7 +195,9 @@ def test_fast_mode_scores_each_crop_once_and_the_views_batch_the_same_whatever_t
     per_crop = view_count(views_of("efficientnet"))                  # eight since session 38
     assert per_crop == 8
     per_call = MAX_IMAGES_PER_CALL // per_crop
-    crops = [np.ascontiguousarray(astronaut[10 + i:210 + i, 140 + 2 * i:340 + 2 * i]) for i in range(per_call + 3)]
+    every = [np.ascontiguousarray(astronaut[10 + i:210 + i, 140 + 2 * i:340 + 2 * i])
+             for i in range(MAX_IMAGES_PER_CALL // 4 + 3)]
+    crops = every[:per_call + 3]
     with_views = ScoringEngine(random_models_dir, keys=keys, runtime="torch")
     without = ScoringEngine(random_models_dir, keys=keys, runtime="torch", tta="none")
     fast = with_views.score_crops(crops, fast=True).model_logits["efficientnet"]
@@ -215,11 +217,10 @@ def test_fast_mode_scores_each_crop_once_and_the_views_batch_the_same_whatever_t
     assert calls == [MAX_IMAGES_PER_CALL, 3 * per_crop]
     # With four views (an override, as experiments set it) a call carries as many images: 16 crops of four.
     with_views.views = {"efficientnet": tta_views}
-    four = crops + [crops[0]] * (MAX_IMAGES_PER_CALL // 4 + 3 - len(crops))
     calls = []
     runner.logits = lambda batch: calls.append(len(batch)) or original(batch)
     try:
-        with_views.score_crops(four)
+        with_views.score_crops(every)
     finally:
         runner.logits = original
     assert calls == [MAX_IMAGES_PER_CALL, 3 * 4]

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_handler  # noqa: E402
 from evaluate import _read_crop  # noqa: E402
 from nudge_sensitivity import nudge_sensitivity  # noqa: E402
+from registry import EIGHT_VIEW_SHIFTS  # noqa: E402
 from scoring import DEFAULT_MODELS_DIR, ScoringEngine, diagonal_views, shifted, tta_views  # noqa: E402
 
 
@@ -55,7 +56,7 @@ VARIANTS = {
 
 # The eight views of session 37 (scoring.diagonal_views; a registry entry's `test_time_shifts` would
 # give them to a member): the crop and its mirror, each moved 0-3 pixels right and down.
-eight_views = partial(diagonal_views, shifts=(0, 1, 2, 3))
+eight_views = partial(diagonal_views, shifts=EIGHT_VIEW_SHIFTS)
 
 
 # Per-member view sets (session 37): the cheap members (cross_attention, cnn_transformer: 0.21 GFLOP a
