@@ -88,8 +88,6 @@ def view_count(views: Callable[[torch.Tensor], list[torch.Tensor]]) -> int:
     return len(views(torch.zeros(1, 1, 4, 4)))
 
 
-VIEWS_PER_CROP = view_count(tta_views)   # of a member with four views
-
 
 class NoModelsError(RuntimeError):
     pass
