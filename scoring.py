@@ -88,7 +88,6 @@ def view_count(views: Callable[[torch.Tensor], list[torch.Tensor]]) -> int:
     return len(views(torch.zeros(1, 1, 4, 4)))
 
 
-
 class NoModelsError(RuntimeError):
     pass
 
