@@ -29,7 +29,7 @@ from metrics import binary_metrics
 from model_store import (DEFAULT_MODELS_DIR, atomic_write_json, ensure_check_logits, load_ensemble_manifest,
                          model_from_checkpoint, read_manifest, save_converted_model, sha256_of)
 from registry import ENSEMBLE_KEY, MODEL_KEYS, get_spec
-from scoring import ScoringEngine, is_advisory, sigmoid, view_words
+from scoring import ScoringEngine, is_advisory, recorded_shifts, sigmoid, view_words
 
 log = logging.getLogger("convert")
 
@@ -77,8 +77,14 @@ def _eval_sets(data_dir: str, cross_data: str | None) -> list[tuple[str, str, st
 
 
 def _calibration_engine(models_dir: Path, key: str) -> ScoringEngine:
-    """The engine that scores `key` as the app does (its test-time views follow the installed
-    ensemble.json: voting members use them, advisory ones not; see ScoringEngine)."""
+    """The engine that scores `key` as the app will once it is calibrated: its test-time views follow
+    the installed ensemble.json (voting members use them, advisory ones not; see ScoringEngine), and
+    are the ones the registry gives it now, whatever its manifest recorded before."""
+    return ScoringEngine(models_dir, keys=[key], runtime="torch", views_from="registry")
+
+
+def _installed_engine(models_dir: Path, key: str) -> ScoringEngine:
+    """The engine that scores `key` as the app does now: with the views its manifest records."""
     return ScoringEngine(models_dir, keys=[key], runtime="torch")
 
 
@@ -89,6 +95,11 @@ def _calibrated_logits(engine: ScoringEngine, key: str, paths: list[str]) -> tup
 
 def _tta_words(key: str, with_views: bool) -> str:
     return view_words(key) if with_views else "none"
+
+
+def _tta_shifts(key: str, with_views: bool) -> list[int] | None:
+    """The moves a manifest records beside `_tta_words` (scoring.recorded_shifts reads them)."""
+    return list(get_spec(key).test_time_shifts) if with_views else None
 
 
 def _metric_cmd(data_dir: str, split: str) -> str:
@@ -193,6 +204,7 @@ def calibrate_and_measure(out_dir: Path, key: str, data_dir: str, cross_data: st
     manifest["temperature"] = round(temperature, 5)
     manifest["threshold"] = 0.5
     manifest["test_time_augmentation"] = _tta_words(key, engine.uses_tta(key))
+    manifest["test_time_shifts"] = _tta_shifts(key, engine.uses_tta(key))
     cache = {name: (z / temperature, labels) for name, (z, labels) in raw.items()}
     manifest["metrics"] = metrics = _recorded_metrics(cache, sets)
     manifest["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -256,7 +268,7 @@ def _member_logits(out_dir: Path, key: str, runs_dir: Path, data_dir: str, cross
     if found is not None:
         return found
     out = {}
-    engine = _calibration_engine(out_dir, key)
+    engine = _installed_engine(out_dir, key)     # the installed views, not the registry's
     sets = _eval_sets(data_dir, cross_data)
     for name, ddir, split in sets:
         paths, labels = _split_paths(ddir, split)
@@ -309,8 +321,9 @@ def views_out_of_date(out_dir: Path) -> list[str]:
     stale = []
     for key in MODEL_KEYS:
         path = out_dir / f"{key}.json"
-        if path.exists() and read_manifest(path).get("test_time_augmentation") != \
-                _tta_words(key, not is_advisory(ensemble, key)):
+        voting = not is_advisory(ensemble, key)
+        if path.exists() and recorded_shifts(read_manifest(path)) != \
+                (get_spec(key).test_time_shifts if voting else None):
             stale.append(key)
     return stale
 

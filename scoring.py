@@ -34,6 +34,7 @@ DEFAULT_THRESHOLD = 0.5
 MAX_BATCH = 32              # crops per model call without test-time views
 MAX_IMAGES_PER_CALL = 64    # images per model call with them (crops x views; see model_logits)
 TTA_POLICIES = ("voters", "all", "none")   # which members average test-time views (ScoringEngine)
+VIEW_SOURCES = ("manifest", "registry")    # where a member's views come from (ScoringEngine.views_for)
 
 
 def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -42,9 +43,10 @@ def shifted(batch: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return torch.nn.functional.pad(batch, (dx, 0, dy, 0), mode="replicate")[:, :, :h, :w]
 
 
-# What a model that uses test-time views averages, recorded in each manifest (`test_time_augmentation`):
-# the temperature is fitted on these logits, so a manifest fitted on other views is recalibrated
-# (convert_models.py --ensemble). Keyed by the diagonal moves of the registry's `test_time_shifts`.
+# What a model that uses test-time views averages, recorded in each manifest in words
+# (`test_time_augmentation`) and as the moves (`test_time_shifts`, which the engine reads): the
+# temperature is fitted on these logits, so a member whose registry entry now gives it other views is
+# recalibrated (convert_models.py --ensemble). Keyed by the diagonal moves of `test_time_shifts`.
 TEST_TIME_VIEWS = "the crop and its mirror image, each also moved one pixel right and down (mean of four logits)"
 VIEW_WORDS = {
     (0, 1): TEST_TIME_VIEWS,
@@ -82,6 +84,27 @@ def views_of(key: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
 def view_words(key: str) -> str:
     """What `key`'s manifest records as its test-time views when it uses them."""
     return VIEW_WORDS[get_spec(key).test_time_shifts]
+
+
+MAX_VIEW_SHIFT = 7    # pixels; a manifest's moves are bounded, so a swapped manifest cannot ask for unbounded work
+
+
+def recorded_shifts(manifest: dict) -> tuple[int, ...] | None:
+    """The diagonal moves of the test-time views a member's temperature was fitted on, as its manifest
+    records them: `test_time_shifts` (written since session 39), else the moves its
+    `test_time_augmentation` words name (older manifests). None when it records no views, or moves
+    this code does not accept (distinct whole pixels 0-MAX_VIEW_SHIFT, 0 first): the caller then
+    falls back to the registry's."""
+    shifts = manifest.get("test_time_shifts")
+    if shifts is not None:
+        valid = isinstance(shifts, list) and shifts and shifts[0] == 0 and len(set(shifts)) == len(shifts) and \
+            all(type(d) is int and 0 <= d <= MAX_VIEW_SHIFT for d in shifts)
+        if valid:
+            return tuple(shifts)
+        log.warning("%s: ignoring test_time_shifts %r (expected distinct whole pixels 0-%d, 0 first)",
+                    manifest.get("key"), shifts, MAX_VIEW_SHIFT)
+    words = manifest.get("test_time_augmentation")
+    return next((shifts for shifts, text in VIEW_WORDS.items() if text == words), None)
 
 
 def view_count(views: Callable[[torch.Tensor], list[torch.Tensor]]) -> int:
@@ -173,10 +196,10 @@ class TorchRunner:
 class ScoringEngine:
     """Loads the installed models and scores face crops with each of them and their ensemble.
 
-    Test-time views: a model that uses them scores every crop several ways (`views_of`: its registry
-    entry's: the crop and its mirror image, each also moved one pixel, `tta_views`, for Xception; one to
-    three pixels, eight views, for the cheaper voters, session 38)
-    and averages the raw logits before the temperature. A face and its mirror are the same evidence,
+    Test-time views: a model that uses them scores every crop several ways (`views_for`: those its
+    manifest records, as its registry entry gave them when it was calibrated: the crop and its mirror
+    image, each also moved one pixel, `tta_views`, for Xception; one to three pixels, eight views, for
+    the cheaper voters, session 38) and averages the raw logits before the temperature. A face and its mirror are the same evidence,
     yet a model alone moved by 0.11 in P(fake) between them, and the ensemble by up to 0.08 for a box
     a pixel away (issue 11). The views run batched (64 images per call), at four or eight times the cost of one
     pass, so `tta="voters"` (the default) spends them
@@ -186,14 +209,20 @@ class ScoringEngine:
     and "none" / False force them; a call's `fast=True` skips them for that call (fast mode)."""
 
     def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto",
-                 tta: str | bool = "voters"):
+                 tta: str | bool = "voters", views_from: str = "manifest"):
         if tta not in TTA_POLICIES and not isinstance(tta, bool):
             raise ValueError(f"tta must be one of {TTA_POLICIES} or a bool, not {tta!r}")
+        if views_from not in VIEW_SOURCES:
+            raise ValueError(f"views_from must be one of {VIEW_SOURCES}, not {views_from!r}")
         if isinstance(tta, bool):
             tta = "all" if tta else "none"
         self.tta = tta
-        # Each member that uses views averages its own (`views_of`, on which its installed temperature
-        # is fitted) unless this maps its key to another view function (experiments do).
+        # Which views a member that uses them averages (`views_for`): "manifest", those its installed
+        # temperature was fitted on (`recorded_shifts`), so a change of the registry's views cannot
+        # silently re-score an installed model against a temperature fitted on others; "registry",
+        # those the registry gives it now (`views_of`: recalibrating a member onto them, convert_models).
+        self.views_from = views_from
+        # Experiments map a key to another view function here, which wins over both.
         self.views: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {}
         self.models_dir = Path(models_dir)
         self.status: dict[str, ModelStatus] = {}
@@ -256,8 +285,14 @@ class ScoringEngine:
         return DEFAULT_THRESHOLD
 
     def views_for(self, key: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-        """The views `key` averages when it uses them (`views_of`, unless `views` overrides them)."""
-        return self.views.get(key) or views_of(key)
+        """The views `key` averages when it uses them: an override in `views`, else (`views_from`) the
+        ones its manifest records, else the registry's (`views_of`: a member calibrated without views
+        that now votes, or `views_from="registry"`)."""
+        if key in self.views:
+            return self.views[key]
+        shifts = recorded_shifts(self.models[key].manifest) \
+            if self.views_from == "manifest" and key in self.models else None
+        return partial(diagonal_views, shifts=shifts) if shifts else views_of(key)
 
     def uses_tta(self, key: str) -> bool:
         """Whether `key`'s scores average the test-time views (see the class docstring)."""

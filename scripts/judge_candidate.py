@@ -23,8 +23,9 @@ Steps (each a repository command, so each figure can be reproduced on its own):
 Without `--checkpoint` it judges the code's inference instead (e.g. new test-time views) on the
 installed weights: no member is converted; step 5's refit recalibrates every member whose recorded
 views differ from the code's; step 4 measures the whole candidate set; and the paired interval is the
-ensemble's val AUC, candidate minus installed (the installed figures come from `--cache-from`, scored
-with the views that were installed).
+ensemble's val AUC, candidate minus installed (the installed figures come from `--cache-from`, or are
+scored with the views each installed manifest records: since session 39 the engine takes a member's
+views from its manifest, so a registry change does not re-score the installed side).
 
 The install decision stays with the rule written before the run ended; this script only measures.
 """

@@ -158,6 +158,13 @@ def test_members_whose_vote_or_views_changed_are_found_for_recalibration(tmp_pat
     atomic_write_json(models / "ensemble.json", {"key": "ensemble", "bias": 0.0, "threshold": 0.5,
                                                  "weights": {"efficientnet": 0.5, "xception": 0.5}})
     assert views_out_of_date(models) == ["efficientnet"]
+    # The moves a manifest records (written since session 39) are what count, not its words.
+    atomic_write_json(models / "efficientnet.json", {**read_manifest(models / "efficientnet.json"),
+                                                     "test_time_shifts": [0, 1, 2, 3]})
+    assert views_out_of_date(models) == []
+    atomic_write_json(models / "xception.json", {**read_manifest(models / "xception.json"),
+                                                 "test_time_shifts": [0, 1, 2, 3]})
+    assert views_out_of_date(models) == ["xception"]
 
 
 def test_remeasure_recomputes_metrics_from_the_cached_logits_and_keeps_the_temperature(tmp_path):

@@ -36,6 +36,15 @@ def test_shipped_models_load_verified_and_score_a_photo(astronaut_jpg):
     assert report["verdict"] in ("REAL", "FAKE")
 
 
+def test_shipped_members_are_calibrated_on_the_views_the_registry_gives_them():
+    """Every shipped voter records the registry's views and every advisory member none: a registry
+    change of views ships only with the members recalibrated (`convert_models.py --ensemble`)."""
+    from convert_models import views_out_of_date
+    assert views_out_of_date(Path(DEFAULT_MODELS_DIR)) == []
+    for path in SHIPPED.values():
+        assert "test_time_shifts" in json.loads(path.read_text())
+
+
 def test_all_five_and_the_ensemble_ship():
     assert set(SHIPPED) == set(MODEL_KEYS)
     assert (Path(DEFAULT_MODELS_DIR) / "ensemble.json").exists()

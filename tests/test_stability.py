@@ -101,6 +101,59 @@ def test_views_moved_two_and_three_pixels_on_stay_closed_under_mirroring_and_fol
 
 
 
+def test_a_manifest_records_the_views_its_temperature_was_fitted_on(caplog):
+    """`test_time_shifts` wins; older manifests are read from their words; "none", unknown words and
+    moves out of bounds give None (the engine then falls back to the registry's views)."""
+    from scoring import MAX_VIEW_SHIFT, TEST_TIME_VIEWS, VIEW_WORDS, recorded_shifts
+
+    eight_words = VIEW_WORDS[(0, 1, 2, 3)]
+    assert recorded_shifts({"test_time_shifts": [0, 1], "test_time_augmentation": eight_words}) == (0, 1)
+    assert recorded_shifts({"test_time_augmentation": eight_words}) == (0, 1, 2, 3)
+    assert recorded_shifts({"test_time_augmentation": TEST_TIME_VIEWS}) == (0, 1)
+    assert recorded_shifts({"test_time_shifts": None, "test_time_augmentation": "none"}) is None
+    assert recorded_shifts({"test_time_augmentation": "horizontal flip (mean of the two logits)"}) is None
+    assert recorded_shifts({}) is None
+    for bad in ([0, MAX_VIEW_SHIFT + 1], [1, 2], [0, 0], [], [0, 1.0], [0, True], "0,1", [0, -1]):
+        with caplog.at_level("WARNING", logger="scoring"):
+            caplog.clear()
+            assert recorded_shifts({"key": "x", "test_time_shifts": bad, "test_time_augmentation": "none"}) is None
+            assert "ignoring test_time_shifts" in caplog.text, bad
+        assert recorded_shifts({"test_time_shifts": bad, "test_time_augmentation": TEST_TIME_VIEWS}) == (0, 1)
+
+
+def test_an_installed_member_is_scored_with_the_views_of_its_manifest_not_the_registry_s(tmp_path, astronaut):
+    """A registry change of a member's views must not silently re-score the installed model against a
+    temperature fitted on others: the app (and the judge's installed side) use the manifest's views,
+    a recalibration (views_from="registry") the registry's."""
+    from fileio import atomic_write_json
+    from model_store import read_manifest, write_random_models
+    from registry import get_spec
+    from scoring import diagonal_views, view_count
+
+    assert get_spec("efficientnet").test_time_shifts == (0, 1, 2, 3)
+    models = write_random_models(tmp_path, keys=["efficientnet"], size=64)
+    path = models / "efficientnet.json"
+    atomic_write_json(path, {**read_manifest(path), "test_time_shifts": [0, 1]})   # calibrated on four
+    installed = ScoringEngine(models, runtime="torch")
+    registry = ScoringEngine(models, runtime="torch", views_from="registry")
+    assert view_count(installed.views_for("efficientnet")) == 4
+    assert view_count(registry.views_for("efficientnet")) == 8
+    crop = np.ascontiguousarray(astronaut[20:244, 150:374])
+    loaded = installed.models["efficientnet"]
+    batch = prepare_batch([crop], loaded.input_size, loaded.manifest["mean"], loaded.manifest["std"])
+    with torch.inference_mode():
+        four = float(torch.stack([loaded.model(v).reshape(()) for v in diagonal_views(batch, (0, 1))]).mean())
+        eight = float(torch.stack([loaded.model(v).reshape(()) for v in diagonal_views(batch, (0, 1, 2, 3))]).mean())
+    assert abs(four - eight) > 1e-4                     # the two sets of views do score differently
+    assert installed.model_logits("efficientnet", [crop])[0] == pytest.approx(four / loaded.temperature, abs=1e-4)
+    assert registry.model_logits("efficientnet", [crop])[0] == pytest.approx(eight / loaded.temperature, abs=1e-4)
+    # A manifest that records no views (a member calibrated as advisory) that votes now gets the registry's.
+    atomic_write_json(path, {**read_manifest(path), "test_time_shifts": None, "test_time_augmentation": "none"})
+    assert view_count(ScoringEngine(models, runtime="torch").views_for("efficientnet")) == 8
+    with pytest.raises(ValueError, match="views_from"):
+        ScoringEngine(models, views_from="newest")
+
+
 def test_stability_reports_every_model_and_the_ensemble(engine, astronaut):
     crops = [np.ascontiguousarray(astronaut[y:y + 200, x:x + 200]) for y, x in ((20, 150), (30, 160), (10, 140))]
     out = stability.stability(engine, crops, seed=0, batch=2)

@@ -49,7 +49,12 @@ def test_each_train_script_trains_converts_and_serves(key, dataset, tmp_path, as
     assert manifest["input_size"] == 64 and 0.05 <= manifest["temperature"] <= 20
     assert 0.0 <= manifest["metrics"]["test"]["auc"] <= 1.0
     assert "evaluate.py" in manifest["metrics"]["test"]["command"]
-    from scoring import ScoringEngine
+    from registry import get_spec
+    from scoring import ScoringEngine, recorded_shifts, view_words
+    # A lone member votes, so it is calibrated on its registry views, and the manifest says which.
+    assert manifest["test_time_shifts"] == list(get_spec(key).test_time_shifts)
+    assert manifest["test_time_augmentation"] == view_words(key)
+    assert recorded_shifts(manifest) == get_spec(key).test_time_shifts
     assert ScoringEngine(models_dir).status[key].state == "loaded"
     cli = subprocess.run([PY, str(ROOT / "predict.py"), str(astronaut_jpg), "--models-dir", str(models_dir), "--json"],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -289,10 +294,12 @@ def test_ensemble_refit_caches_a_member_it_had_to_score(tmp_path, monkeypatch):
     scored = []
 
     def fake_logits(engine, key, paths):
+        assert engine == "installed"       # scored as installed (its manifest's views), not recalibrated
         scored.append(len(paths))
         return np.linspace(-1, 1, len(paths)), np.arange(len(paths))
 
-    monkeypatch.setattr(convert_models, "_calibration_engine", lambda out_dir, key: None)
+    monkeypatch.setattr(convert_models, "_installed_engine", lambda out_dir, key: "installed")
+    monkeypatch.setattr(convert_models, "_calibration_engine", lambda out_dir, key: "registry")
     monkeypatch.setattr(convert_models, "_split_paths", lambda ddir, split: (["a", "b", "c"], np.array([0, 1, 1])))
     monkeypatch.setattr(convert_models, "_calibrated_logits", fake_logits)
     first = convert_models._member_logits(models, "xception", runs, "data", "cross")
