@@ -49,6 +49,13 @@ def nudge_sensitivity(engine: ScoringEngine, crops: list[np.ndarray], keys: list
     return {k: stability.dp_summary(stability.faces_by_views(by_view)) for k, by_view in diffs.items()}
 
 
+def emit(result: dict, json_path: str | None) -> None:
+    """Print an experiment's result as JSON, and write it to `json_path` when one is given."""
+    print(json.dumps(result, indent=1))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "dfdc-faces"))
@@ -68,9 +75,7 @@ def main() -> int:
     crops = [c for c in (_read_crop(path) for path in rows["path"]) if c is not None]
     result = {"split": a.split, "n": len(crops), "models_dir": a.models_dir,
               "dp": nudge_sensitivity(engine, crops, keys)}
-    print(json.dumps(result, indent=1))
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1))
+    emit(result, a.json)
     return 0
 
 

@@ -14,7 +14,6 @@ ensemble, and for two folders the paired difference (second minus first) with it
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,10 +22,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data_handler  # noqa: E402
 from evaluate import _read_crop  # noqa: E402
 from metrics import paired_auc_difference  # noqa: E402
+from nudge_sensitivity import emit  # noqa: E402
 from registry import ENSEMBLE_KEY  # noqa: E402
 from scoring import DEFAULT_MODELS_DIR, ScoringEngine  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
@@ -74,9 +75,7 @@ def main() -> int:
         first, second = (scored[d] for d in a.models_dirs[:2])
         result["paired"] = {k: paired_auc_difference(labels, first[k], second[k])
                             for k in first if k in second}
-    print(json.dumps(result, indent=1))
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1))
+    emit(result, a.json)
     return 0
 
 
