@@ -199,14 +199,15 @@ class ScoringEngine:
     Test-time views: a model that uses them scores every crop several ways (`views_for`: those its
     manifest records, as its registry entry gave them when it was calibrated: the crop and its mirror
     image, each also moved one pixel, `tta_views`, for Xception; one to three pixels, eight views, for
-    the cheaper voters, session 38) and averages the raw logits before the temperature. A face and its mirror are the same evidence,
-    yet a model alone moved by 0.11 in P(fake) between them, and the ensemble by up to 0.08 for a box
-    a pixel away (issue 11). The views run batched (64 images per call), at four or eight times the cost of one
-    pass, so `tta="voters"` (the default) spends them
-    only where they can change a verdict: on the ensemble's voting members. Advisory members (weight 0, below the quality
-    floor) are scored once; the flip moved their P(fake) by under 0.01 on average (docs/stability.json)
-    while Xception and Swin are 88 % of one pass of the five models (docs/performance.md). "all" / True
-    and "none" / False force them; a call's `fast=True` skips them for that call (fast mode)."""
+    the cheaper voters, session 38) and averages the raw logits before the temperature. A face and its
+    mirror are the same evidence, yet a model alone moved by 0.11 in P(fake) between them, and the
+    ensemble by up to 0.08 for a box a pixel away (issue 11). The views run batched (64 images per
+    call), at four or eight times the cost of one pass, so `tta="voters"` (the default) spends them only
+    where they can change a verdict: on the ensemble's voting members. Advisory members (weight 0, below
+    the quality floor) are scored once; the flip moved their P(fake) by under 0.01 on average
+    (docs/stability.json) while Xception and Swin are 88 % of one pass of the five models
+    (docs/performance.md). "all" / True and "none" / False force them; a call's `fast=True` skips them
+    for that call (fast mode)."""
 
     def __init__(self, models_dir: str | Path = DEFAULT_MODELS_DIR, keys=None, runtime: str = "auto",
                  tta: str | bool = "voters", views_from: str = "manifest"):
